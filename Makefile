@@ -1,0 +1,25 @@
+# `make test`: set up .venv (if missing), install pml_hyper with the test extras, lint, run pytest.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.pml_hyper_installed
+
+.PHONY: test lint install
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+
+$(STAMP): $(PY) setup.py pyproject.toml
+	$(PY) -m pip install -e ".[dev,faiss,demo]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# pytest exits 5 when it collected no test; any non-zero status fails the target.
+test: lint
+	$(PY) -m pytest

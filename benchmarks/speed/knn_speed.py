@@ -1,0 +1,154 @@
+"""Exact hyperbolic kNN speed: HyperbolicKNN vs PML CustomKNN(PoincareDistance) vs Euclidean faiss.
+
+    python benchmarks/speed/knn_speed.py --device cpu
+
+For each reference-set size N and each k, the first ``--queries`` reference points are searched
+against all N (SOP-style self-retrieval, ``ref_includes_query=True``):
+
+- ``hyperbolic_<backend>``: pml_hyper's exact hyperbolic kNN (Lorentz lift + inner-product search
+  + certified float64 re-ranking);
+- ``customknn_poincare``: PML's brute force ``CustomKNN(PoincareDistance(), batch_size=...)`` on the
+  first ``--custom-queries`` queries (it is slow; times are compared per query);
+- ``faiss_l2``: PML's ``FaissKNN()`` (exact Euclidean ``IndexFlatL2``) on the same points: the
+  cost of an exact flat search on this hardware, the target to be close to.
+
+Exactness is checked on the CustomKNN queries against a float64 brute force. Results go to
+``benchmarks/results/knn_speed_<device>.json``.
+"""
+
+import argparse
+import functools
+import sys
+import time
+from pathlib import Path
+
+import torch
+from common import RESULTS_DIR, machine_info, utc_now, versions, write_results
+from pytorch_metric_learning.utils.inference import CustomKNN
+
+from pml_hyper.distances import PoincareDistance
+from pml_hyper.knn import HyperbolicKNN
+from pml_hyper.knn.hyperbolic_knn import faiss_available
+from pml_hyper.layers import ToPoincare
+
+
+def make_embeddings(n: int, dim: int, device: torch.device, seed: int) -> torch.Tensor:
+    """Clustered HIER-like embeddings: ~n/5 classes, tangent norms 0.5..6, clipped at 2.3."""
+    g = torch.Generator().manual_seed(seed)
+    n_classes = max(1, n // 5)
+    centers = torch.randn(n_classes, dim, generator=g)
+    labels = torch.randint(0, n_classes, (n,), generator=g)
+    u = centers[labels] + 0.7 * torch.randn(n, dim, generator=g)
+    u = u / u.norm(dim=1, keepdim=True) * (0.5 + 5.5 * torch.rand(n, 1, generator=g))
+    return ToPoincare(c=0.1, clip_r=2.3, riemannian=False)(u).to(device)
+
+
+def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return min(times), out
+
+
+def run_case(args, n: int, k: int, device: torch.device) -> dict:
+    ref = make_embeddings(n, args.dim, device, args.seed)
+    queries = ref[: args.queries]
+    custom_queries = ref[: args.custom_queries]
+    case = {"N": n, "k": k, "dim": args.dim, "queries": len(queries)}
+    methods = {}
+    backends = ["torch"] + (["faiss"] if faiss_available() and device.type == "cpu" else [])
+    ours_idx = None
+    for backend in backends:
+        knn = HyperbolicKNN(c=0.1, backend=backend)
+        search = functools.partial(knn, queries, k, ref, True)
+        seconds, (_, idx) = timed(search, device, args.repeats)
+        methods[f"hyperbolic_{backend}"] = {
+            "seconds": seconds,
+            "ms_per_query": 1e3 * seconds / len(queries),
+        }
+        ours_idx = idx if ours_idx is None else ours_idx
+        print(f"N={n} k={k} hyperbolic_{backend}: {seconds:.2f} s", file=sys.stderr, flush=True)
+    if faiss_available():
+        from pytorch_metric_learning.utils.inference import FaissKNN
+
+        seconds, _ = timed(lambda: FaissKNN()(queries, k, ref, True), device, args.repeats)
+        methods["faiss_l2"] = {"seconds": seconds, "ms_per_query": 1e3 * seconds / len(queries)}
+        print(f"N={n} k={k} faiss_l2: {seconds:.2f} s", file=sys.stderr, flush=True)
+    custom = CustomKNN(PoincareDistance(c=0.1), batch_size=args.custom_batch)
+    seconds, (_, custom_idx) = timed(lambda: custom(custom_queries, k, ref, True), device, 1)
+    methods["customknn_poincare"] = {
+        "seconds": seconds,
+        "queries": len(custom_queries),
+        "ms_per_query": 1e3 * seconds / len(custom_queries),
+    }
+    print(f"N={n} k={k} customknn_poincare: {seconds:.2f} s", file=sys.stderr, flush=True)
+
+    brute = CustomKNN(PoincareDistance(c=0.1), batch_size=args.custom_batch)
+    _, exact_idx = brute(custom_queries.double(), k, ref.double(), True)
+    head = ours_idx[: len(custom_queries)]
+    case["exactness"] = {
+        "reference": "float64 brute force CustomKNN(PoincareDistance) on the CustomKNN queries",
+        "hyperbolic_knn_identical_rows": (head == exact_idx).all(1).float().mean().item(),
+        "customknn_float32_identical_rows": (custom_idx == exact_idx).all(1).float().mean().item(),
+    }
+    case["methods"] = methods
+    best_ours = min(v["ms_per_query"] for key, v in methods.items() if key.startswith("hyperb"))
+    case["speedup_vs_customknn"] = methods["customknn_poincare"]["ms_per_query"] / best_ours
+    if "faiss_l2" in methods:
+        case["time_ratio_vs_faiss_l2"] = best_ours / methods["faiss_l2"]["ms_per_query"]
+    return case
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 60_000])
+    parser.add_argument("--ks", type=int, nargs="+", default=[10, 1000])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--custom-queries", type=int, default=500)
+    parser.add_argument("--custom-batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2, help="best of N for the fast methods")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    cases = [run_case(args, n, k, device) for n in args.sizes for k in args.ks]
+    result = {
+        "benchmark": "knn_speed",
+        "device": args.device,
+        "date": utc_now(),
+        "machine": machine_info(args.device),
+        "versions": versions(),
+        "method": {
+            "data": "clustered embeddings mapped by ToPoincare(c=0.1, clip_r=2.3); queries = the "
+            "first Q reference points, ref_includes_query=True",
+            "time": f"best of {args.repeats} runs (CustomKNN: 1 run on fewer queries); compared "
+            "per query",
+        },
+        "cases": cases,
+    }
+    out = args.out or RESULTS_DIR / f"knn_speed_{device.type}.json"
+    write_results(result, out)
+    for case in cases:
+        print(
+            f"N={case['N']:>6} k={case['k']:>5}: speed-up vs CustomKNN "
+            f"{case['speedup_vs_customknn']:.1f}x, time vs faiss L2 "
+            f"{case.get('time_ratio_vs_faiss_l2', float('nan')):.2f}x, exact rows "
+            f"{case['exactness']['hyperbolic_knn_identical_rows']:.4f}"
+        )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

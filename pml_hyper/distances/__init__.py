@@ -1,0 +1,5 @@
+"""PML distances."""
+
+from .poincare_distance import PoincareDistance
+
+__all__ = ["PoincareDistance"]

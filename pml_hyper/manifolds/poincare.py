@@ -1,0 +1,301 @@
+"""Poincaré-ball geometry of curvature -c (``shared/spec/hyperbolic.md``).
+
+All operations are row-wise over the last dimension of ``(..., n)`` tensors, except
+``pairwise_dist`` which returns an ``(N, M)`` matrix. They run in float32 (or float64 when an input
+is float64) with autocast disabled: half-precision inputs are computed, and returned, in float32,
+because 1 - 1e-5 rounds to 1 in float16/bfloat16 (hyperbolic.md §7).
+
+Two numerical modes:
+
+- ``official=False`` (default): the exact formulas. c is used as given, no epsilon is added to the
+  Möbius denominator, artanh is ``atanh`` of an argument clamped to ``1 - max(1e-5, 4 eps)``.
+- ``official=True``: the formulas of the papers' ``hyptorch`` code, for golden parity tests only:
+  c rounded to float32, +1e-5 in the Möbius denominator, norms floored at 1e-5, the tanh argument
+  clamped to ±15, and artanh with a straight-through clamp (gradient evaluated at the clamped
+  argument, hyperbolic.md §2.5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+
+PROJECTION_EPS = 1e-3
+"""Relative distance to the boundary kept by :meth:`PoincareBall.project` (hyperbolic.md §2.3)."""
+
+OFFICIAL_EPS = 1e-5
+"""The papers' epsilon: norm floors, Möbius denominator, artanh clamp."""
+
+TANH_MAX = 15.0
+
+
+def working_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, float32 otherwise (also for half-precision inputs)."""
+    if any(t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+@contextlib.contextmanager
+def full_precision(*tensors: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+    """Disable autocast on the tensors' device and yield them cast to :func:`working_dtype`."""
+    dtype = working_dtype(*tensors)
+    with torch.autocast(device_type=tensors[0].device.type, enabled=False):
+        yield [t.to(dtype) for t in tensors]
+
+
+def artanh_max(dtype: torch.dtype) -> float:
+    """Largest artanh argument allowed in ``dtype`` (hyperbolic.md §7, rule 2)."""
+    return 1.0 - max(OFFICIAL_EPS, 4 * torch.finfo(dtype).eps)
+
+
+class _StraightThroughArtanh(torch.autograd.Function):
+    """Official artanh: clamp to ±(1 - 1e-5), backward g / (1 - x²) at the clamped x."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clamp(-1 + OFFICIAL_EPS, 1 - OFFICIAL_EPS)
+        ctx.save_for_backward(x)
+        return 0.5 * (torch.log1p(x) - torch.log1p(-x))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad / (1 - x**2)
+
+
+class _RiemannianGradient(torch.autograd.Function):
+    """Identity forward; backward scales the gradient of row z by (1 - c‖z‖²)² / 4 = 1/λ_z²."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, c: float) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        ctx.c = c
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (z,) = ctx.saved_tensors
+        scale = (1 - ctx.c * z.pow(2).sum(-1, keepdim=True)) ** 2 / 4
+        return grad * scale, None
+
+
+def _describe_rows(mask: torch.Tensor, limit: int = 10) -> str:
+    rows = mask.nonzero().tolist()
+    shown = ", ".join(str(r[0] if len(r) == 1 else tuple(r)) for r in rows[:limit])
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return f"[{shown}]{more}"
+
+
+def check_finite(x: torch.Tensor, name: str = "x") -> None:
+    """Raise ``ValueError`` naming the rows of ``x`` (over the last dim) that hold NaN or inf."""
+    if x.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension, got a scalar")
+    bad = ~torch.isfinite(x.detach()).all(-1)
+    if bad.any():
+        raise ValueError(f"{name} rows {_describe_rows(bad)} contain NaN or inf")
+
+
+class PoincareBall:
+    """The Poincaré ball {x : c‖x‖² < 1} of curvature -c (hyperbolic.md §1-§6).
+
+    Args:
+        c: curvature magnitude (> 0). HIER and Hyp use 0.1 (radius 3.1623).
+        official: reproduce the papers' epsilons (parity tests only; see module docstring).
+        check_inputs: validate that points are finite and strictly inside the ball, raising a
+            ``ValueError`` that names the offending rows. Costs one device-to-host sync per call.
+    """
+
+    def __init__(self, c: float = 0.1, official: bool = False, check_inputs: bool = True):
+        c = float(c)
+        if not math.isfinite(c) or c <= 0:
+            raise ValueError(f"curvature c must be a finite positive number, got {c}")
+        self.c_raw = c
+        self.official = official
+        self.check_inputs = check_inputs
+        # The official code casts the Python float to a float32 tensor, even in float64 math.
+        self.c = float(torch.tensor(c, dtype=torch.float32)) if official else c
+        self.sqrt_c = math.sqrt(self.c)
+
+    def __repr__(self) -> str:
+        return f"PoincareBall(c={self.c_raw}, official={self.official})"
+
+    @property
+    def radius(self) -> float:
+        return 1.0 / math.sqrt(self.c_raw)
+
+    # ------------------------------------------------------------------ helpers
+    def _norm_floor(self, dtype: torch.dtype) -> float:
+        return OFFICIAL_EPS if self.official else torch.finfo(dtype).tiny
+
+    def _artanh(self, x: torch.Tensor) -> torch.Tensor:
+        if self.official:
+            return _StraightThroughArtanh.apply(x)
+        bound = artanh_max(x.dtype)
+        return torch.atanh(x.clamp(-bound, bound))
+
+    def check_finite(self, x: torch.Tensor, name: str = "x") -> None:
+        """Raise ``ValueError`` naming rows of ``x`` that hold NaN or inf (if ``check_inputs``)."""
+        if self.check_inputs:
+            check_finite(x, name)
+
+    def check_point(self, x: torch.Tensor, name: str = "x") -> None:
+        """Raise ``ValueError`` naming rows that are non-finite or not strictly inside the ball."""
+        if not self.check_inputs:
+            return
+        if x.ndim == 0:
+            raise ValueError(f"{name} must have at least one dimension, got a scalar")
+        # One reduction: a non-finite coordinate makes the squared norm NaN or inf.
+        sq_norm = torch.linalg.vector_norm(x.detach(), dim=-1).pow(2)
+        bad = ~(self.c_raw * sq_norm < 1)
+        if not bad.any():
+            return
+        check_finite(x, name)
+        raise ValueError(
+            f"{name} rows {_describe_rows(bad)} lie on or outside the Poincaré ball of "
+            f"curvature -{self.c_raw} (need c·‖x‖² < 1, i.e. ‖x‖ < {self.radius:.6g}); "
+            "map Euclidean features into the ball with pml_hyper.layers.ToPoincare"
+        )
+
+    # ------------------------------------------------------------------ row-wise maps
+    def mobius_add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x ⊕_c y (hyperbolic.md §2.1), row-wise: ``(..., n), (..., n) -> (..., n)``."""
+        self.check_point(x, "x")
+        self.check_point(y, "y")
+        with full_precision(x, y) as (x, y):
+            c = self.c
+            xy = (x * y).sum(-1, keepdim=True)
+            x2 = x.pow(2).sum(-1, keepdim=True)
+            y2 = y.pow(2).sum(-1, keepdim=True)
+            num = (1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y
+            den = 1 + 2 * c * xy + c**2 * x2 * y2
+            if self.official:
+                den = den + OFFICIAL_EPS
+            return num / den
+
+    def expmap0(self, u: torch.Tensor) -> torch.Tensor:
+        """Exponential map at the origin, tanh(√c‖u‖) u / (√c‖u‖) (§2.2): ``(..., n)``."""
+        self.check_finite(u, "u")
+        with full_precision(u) as (u,):
+            norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+            arg = self.sqrt_c * norm.clamp_min(self._norm_floor(u.dtype))
+            if self.official:
+                return torch.tanh(arg.clamp(-TANH_MAX, TANH_MAX)) * u / arg
+            return u * (torch.tanh(arg) / arg)
+
+    def logmap0(self, y: torch.Tensor) -> torch.Tensor:
+        """Logarithmic map at the origin, artanh(√c‖y‖) y / (√c‖y‖) (§2.2): ``(..., n)``."""
+        self.check_point(y, "y")
+        with full_precision(y) as (y,):
+            arg = self.sqrt_c * torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(
+                self._norm_floor(y.dtype)
+            )
+            return y * (self._artanh(arg) / arg)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Rescale rows with ‖x‖ > (1 - 1e-3)/√c onto that radius (§2.3): ``(..., n)``."""
+        self.check_finite(x, "x")
+        with full_precision(x) as (x,):
+            norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(
+                self._norm_floor(x.dtype)
+            )
+            max_norm = (1 - PROJECTION_EPS) / self.sqrt_c
+            return torch.where(norm > max_norm, x / norm * max_norm, x)
+
+    def riemannian_gradient(self, z: torch.Tensor) -> torch.Tensor:
+        """Identity whose backward rescales row gradients by 1/λ_z² (§3.3).
+
+        Uses the curvature exactly as given, also in official mode (the originals do the same).
+        """
+        return _RiemannianGradient.apply(z, self.c_raw)
+
+    # ------------------------------------------------------------------ distances
+    def _distance_from_parts(self, diff_norm: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+        """d = (2/√c) artanh(√c e / √den), with the official +1e-5 variant (§5.2)."""
+        if self.official:
+            ratio = diff_norm * den.sqrt() / (den + OFFICIAL_EPS)
+        else:
+            ratio = diff_norm / den.sqrt()
+        return 2 / self.sqrt_c * self._artanh(self.sqrt_c * ratio)
+
+    def _denominator(self, inner: torch.Tensor, x2: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
+        """den(x, y) = 1 - 2c⟨x,y⟩ + c²‖x‖²‖y‖², the denominator of (-x) ⊕_c y (§5.1)."""
+        c = self.c
+        return 1 - 2 * c * inner + c**2 * x2 * y2
+
+    def dist_from_inner(
+        self, inner: torch.Tensor, x_sqnorm: torch.Tensor, y_sqnorm: torch.Tensor
+    ) -> torch.Tensor:
+        """Distances from ⟨x,y⟩, ‖x‖² and ‖y‖² (broadcast), with e² = ‖x‖² + ‖y‖² - 2⟨x,y⟩.
+
+        The Gram expansion cancels near zero distance (absolute error ~sqrt(eps) there, and an
+        infinite derivative), so this is for no-grad float64 search only: use
+        :meth:`pairwise_dist` for losses. No input checks.
+        """
+        e = (x_sqnorm + y_sqnorm - 2 * inner).clamp_min(0).sqrt()
+        return self._distance_from_parts(e, self._denominator(inner, x_sqnorm, y_sqnorm))
+
+    def dist(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Row-wise distance d_c(x_i, y_i) (§2.6, §5.4): ``(..., n), (..., n) -> (...)``."""
+        self.check_point(x, "x")
+        self.check_point(y, "y")
+        with full_precision(x, y) as (x, y):
+            e = torch.linalg.vector_norm(x - y, dim=-1)
+            den = self._denominator((x * y).sum(-1), x.pow(2).sum(-1), y.pow(2).sum(-1))
+            return self._distance_from_parts(e, den)
+
+    def dist0(self, x: torch.Tensor) -> torch.Tensor:
+        """Distance to the origin, (2/√c) artanh(√c‖x‖) (§2.6): ``(..., n) -> (...)``."""
+        self.check_point(x, "x")
+        with full_precision(x) as (x,):
+            return 2 / self.sqrt_c * self._artanh(self.sqrt_c * torch.linalg.vector_norm(x, dim=-1))
+
+    def pairwise_dist(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Distance matrix D[i, j] = d_c(x_i, y_j): ``(N, n), (M, n) -> (N, M)``.
+
+        O(N·M) memory: e = ‖x_i - y_j‖ from ``torch.cdist`` without the matrix-multiply
+        expansion (exact 0 and a zero gradient at coincident points), one Gram product for
+        den (hyperbolic.md §5.2). ``y=None`` means ``y = x``.
+        """
+        y_given = y is not None
+        y = y if y_given else x
+        if x.ndim != 2 or y.ndim != 2:
+            raise ValueError(
+                "pairwise_dist expects 2-D tensors (N, n) and (M, n), got shapes "
+                f"{tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        if x.shape[1] != y.shape[1]:
+            raise ValueError(f"dimension mismatch: x has {x.shape[1]} columns, y {y.shape[1]}")
+        self.check_point(x, "x")
+        if y_given:
+            self.check_point(y, "y")
+        with full_precision(x, y) as (x, y):
+            e = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
+            den = self._denominator(
+                x @ y.T, x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1).unsqueeze(0)
+            )
+            return self._distance_from_parts(e, den)
+
+    # ------------------------------------------------------------------ Lorentz lift
+    def to_lorentz(self, x: torch.Tensor) -> torch.Tensor:
+        """Lift to the unit hyperboloid: ``(..., n) -> (..., n + 1)`` (hyperbolic.md §6.1).
+
+        X₀ = (1 + c‖x‖²)/(1 - c‖x‖²), X_i = 2√c x_i/(1 - c‖x‖²), so that
+        cosh(√c d_c(x, y)) = X₀Y₀ - Σ X_iY_i. Negating X₀ of the queries turns nearest
+        neighbours into a maximum-inner-product search (§6.2).
+        """
+        self.check_point(x, "x")
+        with full_precision(x) as (x,):
+            c_x2 = self.c * x.pow(2).sum(-1, keepdim=True)
+            scale = 1 / (1 - c_x2)
+            lifted = torch.empty(*x.shape[:-1], x.shape[-1] + 1, dtype=x.dtype, device=x.device)
+            torch.mul(x, (2 * self.sqrt_c) * scale, out=lifted[..., 1:])
+            lifted[..., :1] = (1 + c_x2) * scale
+            return lifted
+
+    def lorentz_to_dist(self, minkowski_neg: torch.Tensor) -> torch.Tensor:
+        """d = arcosh(max(s, 1))/√c from s = X₀Y₀ - Σ X_iY_i (= cosh(√c d))."""
+        return torch.acosh(minkowski_neg.clamp_min(1)) / self.sqrt_c
