@@ -1,0 +1,1 @@
+"""Reference implementations in the original papers' formulations, for the speed benchmarks."""
