@@ -31,6 +31,8 @@ setup(
         "tqdm",
         "record-keeper>=0.9.32",
         "PyYAML",
+        "scipy",
+        "Pillow",
     ],
     extras_require={
         # faiss-gpu is not on the package index for every Python/CUDA pair; GPU users

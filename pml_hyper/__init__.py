@@ -8,11 +8,14 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBPACKAGES = (
+    "data",
     "distances",
+    "evaluation",
     "knn",
     "layers",
     "losses",
     "manifolds",
+    "models",
 )
 
 

@@ -1,0 +1,59 @@
+"""Stanford Cars-196 in its official archive layout (hist.md §5.6, hier.md §9)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .base_image_dataset import BaseImageDataset
+
+
+class Cars196(BaseImageDataset):
+    """Stanford Cars with the metric-learning split: classes 1–98 train, 99–196 test
+    (8,054 / 8,131 images in the full archive).
+
+    Reads ``cars_annos.mat`` (the ``annotations`` struct array; its ``relative_im_path`` and
+    ``class`` fields) with ``scipy.io.loadmat``; the ``test`` field of the car-classification
+    split is ignored. Label = ``class`` − 1 (train 0..97, test 98..195, not re-indexed). Images
+    are in annotation order.
+    """
+
+    SPLITS = ("train", "test")
+    NUM_CLASSES = 196
+    LAYOUT = (
+        "  <root>/cars196/cars_annos.mat   (struct array 'annotations' with fields\n"
+        "                                   'relative_im_path' and 'class' (1..196))\n"
+        "  <root>/cars196/car_ims/000001.jpg ... 016185.jpg"
+    )
+
+    def _load_split(self) -> tuple[list[Path], list[int]]:
+        try:
+            from scipy.io import loadmat
+        except ImportError as error:
+            raise ImportError(
+                "Cars196 reads cars_annos.mat with scipy: pip install scipy"
+            ) from error
+
+        folder = self.root / "cars196"
+        mat_file = self._require(folder / "cars_annos.mat")
+        mat = loadmat(mat_file, squeeze_me=True)
+        annotations = mat.get("annotations")
+        fields = () if annotations is None else (annotations.dtype.names or ())
+        if not {"relative_im_path", "class"} <= set(fields):
+            raise ValueError(
+                f"Cars196: {mat_file} has no 'annotations' struct array with fields "
+                f"'relative_im_path' and 'class' (found fields {fields}); expected layout:\n"
+                f"{self.LAYOUT}"
+            )
+        annotations = np.atleast_1d(annotations)
+        classes = np.asarray(annotations["class"], dtype=np.int64)
+        if classes.min() < 1 or classes.max() > self.NUM_CLASSES:
+            raise ValueError(
+                f"Cars196: {mat_file} has class ids in [{classes.min()}, {classes.max()}], "
+                f"expected 1..{self.NUM_CLASSES}"
+            )
+        labels = classes - 1
+        keep = (labels < self.NUM_CLASSES // 2) == (self.split == "train")
+        paths = [folder / str(p) for p in annotations["relative_im_path"][keep]]
+        return paths, labels[keep].tolist()

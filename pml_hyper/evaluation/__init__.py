@@ -1,0 +1,5 @@
+"""Paper-protocol evaluation: Recall@K for PML's AccuracyCalculator and testers."""
+
+from .recall_at_k import CUB_CARS_K_VALUES, INSHOP_K_VALUES, SOP_K_VALUES, RecallAtK
+
+__all__ = ["CUB_CARS_K_VALUES", "INSHOP_K_VALUES", "SOP_K_VALUES", "RecallAtK"]

