@@ -1,10 +1,11 @@
-# `make test`: set up .venv (if missing), install pml_hyper with the test extras, lint, run pytest.
+# `make demo`: set up .venv (if missing), install pml_hyper with its extras, run the offline demo.
+# `make test`: the same set-up, then lint and pytest.
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pml_hyper_installed
 
-.PHONY: test lint install
+.PHONY: test lint install demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,3 +24,6 @@ lint: install
 # pytest exits 5 when it collected no test; any non-zero status fails the target.
 test: lint
 	$(PY) -m pytest
+
+demo: install
+	$(VENV)/bin/pml-hyper demo

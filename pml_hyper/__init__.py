@@ -15,7 +15,10 @@ _SUBPACKAGES = (
     "layers",
     "losses",
     "manifolds",
+    "miners",
     "models",
+    "regularizers",
+    "training",
 )
 
 

@@ -1,5 +1,6 @@
 """Metric-learning losses (subclasses of PML's BaseMetricLossFunction)."""
 
+from .hier_loss import HIERLoss
 from .hist_loss import HISTLoss
 
-__all__ = ["HISTLoss"]
+__all__ = ["HIERLoss", "HISTLoss"]

@@ -14,6 +14,8 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
 
+from .param_groups import with_remaining_params
+
 
 class HISTOutputs(NamedTuple):
     """Intermediates of one HIST forward pass (B samples, C classes, E classes in the batch).
@@ -272,14 +274,7 @@ class HISTLoss(BaseMetricLossFunction):
             {"name": "prototypes", "params": [self.means, self.log_vars], "lr": lr_ds},
             {"name": "hgnn", "params": list(self.hgnn.parameters()), "lr": lr * lr_hgnn_factor},
         ]
-        grouped = {id(p) for group in groups for p in group["params"]}
-        others = [p for p in self.parameters() if id(p) not in grouped]
-        if others:
-            groups.append({"name": "other", "params": others, "lr": lr})
-        if weight_decay is not None:
-            for group in groups:
-                group["weight_decay"] = weight_decay
-        return groups
+        return with_remaining_params(self, groups, lr, weight_decay)
 
     def _prepare_embeddings(self, embeddings: torch.Tensor, min_batch: int = 2) -> torch.Tensor:
         """Validate (B, D) embeddings and cast them to the compute dtype (float32 or float64)."""

@@ -89,8 +89,14 @@ def train_step(model):
     optimizer.step()
 
 
+def named_norms(model):
+    return [
+        (n, m) for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
+    ]
+
+
 def batch_norms(model):
-    return [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    return [m for _, m in named_norms(model)]
 
 
 @pytest.mark.parametrize("freeze_bn_affine", [False, True])
@@ -104,9 +110,14 @@ def test_bn_freezing_keeps_running_statistics(freeze_bn_affine):
     for name, value in model.backbone.state_dict().items():
         if "running_" in name or "num_batches_tracked" in name:
             assert torch.equal(value, before[name]), name
-    affine = [k for k in before if k.startswith("bn1.") and k.endswith(("weight", "bias"))]
-    changed = [not torch.equal(model.backbone.state_dict()[k], before[k]) for k in affine]
-    assert changed == [not freeze_bn_affine] * 2
+    affine = [p for m in norms for p in (m.weight, m.bias)]
+    if freeze_bn_affine:
+        assert not any(p.requires_grad or p.grad is not None for p in affine)
+        assert all(torch.equal(m.weight, before[f"{n}.weight"]) for n, m in named_norms(model))
+    else:
+        # Trainable affine parameters get a gradient (often ~1e-6 at random init: SGD moves them
+        # below float32 resolution, so test the gradient rather than the value).
+        assert all(p.requires_grad and p.grad is not None and p.grad.any() for p in affine)
     assert not torch.equal(model.backbone.conv_stem.weight, before["conv_stem.weight"])
 
 

@@ -1,0 +1,103 @@
+"""``pml-hyper`` command line: ``train``, ``evaluate`` and ``demo`` (also ``python -m
+pml_hyper.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .training.config import ConfigError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training.config import load_config
+    from .training.runner import Runner
+
+    config = load_config(args.config, args.set)
+    results = Runner(config, data_root=args.data_root, resume=args.resume).run()
+    if results:
+        best = results["best"]
+        print(f"{config['name']}: finished; best {best['metrics'] if best else 'n/a'}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .training.config import build_config
+    from .training.runner import Runner
+    from .training.trainer import load_checkpoint
+
+    state = load_checkpoint(args.checkpoint)
+    config = build_config(state["config"], args.set)
+    runner = Runner(config, data_root=args.data_root)
+    runner.trainer.load_state_dict(state)
+    metrics = runner.evaluate(state["epoch"])
+    for name, value in metrics.items():
+        print(f"{name}: {100 * value:.2f}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .training.demo import run_demo
+
+    run_demo(
+        output_dir=args.output_dir,
+        epochs=args.epochs,
+        max_classes=args.max_classes,
+        image_size=args.image_size,
+        recipes=args.recipes,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pml-hyper", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a YAML recipe (benchmarks/paper/*.yaml)")
+    train.add_argument("config", help="YAML config file")
+    train.add_argument("--data-root", help="dataset folder (overrides data.root)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set schedule.epochs=5 (repeatable)",
+    )
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser("evaluate", help="Recall@K of a checkpoint (last.pt, best.pt)")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--data-root", required=True, help="dataset folder")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    evaluate.set_defaults(func=_evaluate)
+
+    demo = commands.add_parser(
+        "demo", help="offline demo: emoji retrieval with EfficientNet-Lite0, four recipes"
+    )
+    demo.add_argument("--output-dir", default="runs/demo")
+    demo.add_argument("--epochs", type=int, default=4)
+    demo.add_argument("--max-classes", type=int, default=200)
+    demo.add_argument("--image-size", type=int, default=96)
+    demo.add_argument(
+        "--recipes", nargs="+", default=None, help="subset of: PA, PA+HIER, HIST, Hyp (default all)"
+    )
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ImportError, ValueError) as error:
+        print(f"pml-hyper {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        print(f"pml-hyper {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

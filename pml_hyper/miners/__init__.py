@@ -1,0 +1,5 @@
+"""PML miners."""
+
+from .reciprocal_triplet_miner import ReciprocalTripletMiner
+
+__all__ = ["ReciprocalTripletMiner"]

@@ -1,0 +1,5 @@
+"""PML regularizers."""
+
+from .hier_regularizer import HIERRegularizer
+
+__all__ = ["HIERRegularizer"]

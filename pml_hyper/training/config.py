@@ -1,0 +1,233 @@
+"""YAML run configurations: defaults, validation (unknown keys are errors) and ``--set``
+overrides. Every value of a paper recipe is written in its YAML file (benchmarks/paper/)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: the message names the offending key."""
+
+
+class _Free(dict):
+    """Marks a free-form mapping in :data:`SCHEMA` (keyword arguments, paper numbers)."""
+
+
+FREE = _Free()
+
+LOSS_TERM: dict[str, Any] = {
+    "type": "ProxyAnchorLoss",  # a class of pml_hyper.losses or pytorch_metric_learning.losses
+    "weight": 1.0,  # weight in the sum of terms (MultipleLosses)
+    "kwargs": FREE,  # constructor arguments; {"type": ..., ...} values build objects (distances)
+    "param_groups": FREE,  # arguments of the loss's param_groups(lr=..., ...) helper, if it has one
+    "lr_scale": 1.0,  # lr factor of the loss's parameters when it has no param_groups helper
+}
+
+SCHEMA: dict[str, Any] = {
+    "name": "run",
+    "description": "",
+    "seed": 1,
+    "paper": FREE,  # the published figures and their source, for the results table
+    "data": {
+        "dataset": "emoji",  # cub200, cars196, sop, inshop, emoji, synthetic
+        "root": None,  # dataset folder; --data-root overrides it
+        "max_classes": None,  # keep the first N classes of each split (demo, CI)
+        "image_size": 224,
+        "eval_crop_pct": 0.875,
+        "interpolation": None,  # None = the backbone recipe's
+        "train_augmentation": True,  # false: train on the evaluation transform (no crop, no flip)
+        "batch_size": 32,  # per process
+        "sampler": "random",  # random (shuffled, drop_last) or unique_class (HIER)
+        "images_per_class": 2,
+        "replacement": True,  # unique_class: draw a class's images with replacement (HIER)
+        "num_workers": 4,
+        "eval_batch_size": 64,
+        "synthetic": FREE,  # SyntheticImages arguments when dataset is synthetic
+    },
+    "model": {
+        "backbone": "resnet50",  # a pml_hyper.models.BACKBONES key or "tiny_cnn" (tests)
+        "pretrained": True,
+        "checkpoint_path": None,
+        "embedding_size": 512,
+        "head": "hist",  # hist (Linear+LayerNorm), hier (LN+Linear+ToPoincare), hyp (no LN)
+        "head_kwargs": FREE,  # HIERHead arguments (c, clip_r, riemannian, layer_norm)
+        "freeze_bn_stats": True,
+        "freeze_bn_affine": False,
+        "freeze_patch_embed": None,
+    },
+    "loss": {"terms": [LOSS_TERM]},
+    "optimizer": {
+        "name": "adam",  # adam (coupled L2 decay, HIST), adamw (HIER, Hyp), sgd
+        "lr": 1.0e-4,
+        "weight_decay": 0.0,
+        "eps": 1.0e-8,
+        "backbone_lr_scale": 1.0,
+        "head_lr_scale": 1.0,
+    },
+    "schedule": {
+        "epochs": 10,  # total, warm-up epochs included
+        "warmup_epochs": 0,
+        "warmup_freeze": "requires_grad",  # requires_grad (HIST) or lr (HIER: backbone lr 0)
+        "lr_decay": "step",  # step, cosine or constant
+        "step_epochs": 10,
+        "gamma": 0.5,
+        "min_lr_scale": 0.1,  # cosine floor
+        "decay_counts_warmup": False,  # HIER's schedule counts warm-up epochs, HIST's does not
+        "iterations_per_epoch": None,  # None = one pass of the sampler
+    },
+    "precision": {
+        "amp": None,  # bf16, fp16 or null
+        "channels_last": False,
+    },
+    "gradients": {
+        "clamp": None,  # element-wise clamp to ±value (HIER: 10)
+        "max_norm": None,  # global-norm clip (Hyp: 3)
+    },
+    "eval": {
+        "every": 1,
+        "start_epoch": 1,
+        "k_values": [1, 2, 4, 8],
+        "primary_metric": "recall_at_1",
+    },
+    "output": {
+        "dir": "runs/{name}",
+        "plots": True,
+        "progress_bar": True,
+        "log_freq": 50,
+    },
+}
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: YAML syntax (``1e-4``, ``true``, ``[1, 2]``, ``null``, strings)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict:
+    """Read a YAML config, apply ``key=value`` overrides (dotted keys, list indices as
+    numbers: ``loss.terms.1.weight=0.5``), fill in defaults and validate.
+
+    Raises:
+        ConfigError: unknown key, wrong type or bad override, naming the key.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return build_config(raw, overrides)
+
+
+def build_config(raw: dict, overrides: Iterable[str] = ()) -> dict:
+    """Defaults + ``raw`` + ``overrides``, validated (see :func:`load_config`)."""
+    config = _merge(SCHEMA, copy.deepcopy(raw), "")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        _set(config, key.strip(), parse_value(text))
+    return _merge(SCHEMA, config, "")
+
+
+def _merge(schema: Any, value: Any, where: str) -> Any:
+    """``value`` checked against ``schema``, with the schema's defaults filled in."""
+    if isinstance(schema, _Free):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where or 'the config'} must be a mapping, got {value!r}")
+        unknown = sorted(set(value) - set(schema))
+        if unknown:
+            name = f"{where}.{unknown[0]}" if where else unknown[0]
+            raise ConfigError(
+                f"unknown config key {name!r}; allowed under {where or 'the top level'}: "
+                f"{', '.join(schema)}"
+            )
+        return {
+            key: _merge(default, value.get(key, copy.deepcopy(default)), _join(where, key))
+            for key, default in schema.items()
+        }
+    if isinstance(schema, list) and schema and isinstance(schema[0], dict):
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{where} must be a non-empty list, got {value!r}")
+        return [_merge(schema[0], item, f"{where}.{i}") for i, item in enumerate(value)]
+    return _check_scalar(schema, value, where)
+
+
+def _check_scalar(default: Any, value: Any, where: str) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+    elif isinstance(default, int | float):
+        if isinstance(value, str) and _FLOAT.match(value):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool) and value != int(value):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return type(default)(value) if isinstance(default, int) else float(value)
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    elif isinstance(default, list) and not isinstance(value, list):
+        raise ConfigError(f"{where} must be a list, got {value!r}")
+    return value
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _set(config: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = config
+    schema: Any = SCHEMA
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {dotted!r}: {part!r} is not an index of a list")
+            index: int | str = int(part)
+            schema = schema[0]
+        else:
+            if not isinstance(schema, _Free) and part not in schema:
+                raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r}")
+            index = part
+            schema = FREE if isinstance(schema, _Free) else schema[part]
+        if last:
+            node[index] = value
+        else:
+            node = node.setdefault(index, {}) if isinstance(node, dict) else node[index]
+
+
+def dump_config(config: dict) -> str:
+    """The config as YAML (what a results file records)."""
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,86 @@
+"""CPU smoke runs of each recipe family on synthetic data, NaN handling, data-root errors."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from pml_hyper.cli import main
+from pml_hyper.training import NonFiniteLossError, Runner, build_config
+
+
+@pytest.mark.parametrize("recipe", ["hist", "pa_hier", "hyp"])
+def test_smoke_run_learns_and_writes_outputs(recipe, make_config):
+    config = build_config(make_config(recipe), ["output.plots=true"])
+    runner = Runner(config)
+    results = runner.run()
+    losses = [h["loss"] for h in results["history"]]
+    assert results["status"] == "finished" and results["epochs_completed"] == 3
+    assert losses[-1] < losses[0]
+    assert set(results["best"]["metrics"]) == {"recall_at_1", "recall_at_2", "recall_at_4"}
+    for name in ("results.json", "last.pt", "best.pt", "curves.png", "config.yaml"):
+        assert (runner.out_dir / name).is_file(), name
+    assert json.loads((runner.out_dir / "results.json").read_text())["status"] == "finished"
+
+
+def test_cli_train_then_evaluate(make_config, tmp_path, capsys):
+    config_file = tmp_path / "hist.yaml"
+    config_file.write_text(yaml.safe_dump(make_config("hist", epochs=2)))
+    assert main(["train", str(config_file), "--set", "schedule.warmup_epochs=0"]) == 0
+    checkpoint = tmp_path / "smoke_hist" / "best.pt"
+    assert main(["evaluate", str(checkpoint), "--data-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    best = json.loads((tmp_path / "smoke_hist" / "results.json").read_text())["best"]
+    assert f"recall_at_1: {100 * best['metrics']['recall_at_1']:.2f}" in out
+
+
+def test_proxies_stay_float32_under_bf16(make_config):
+    config = build_config(make_config("pa_hier", epochs=1), ["precision.amp=bf16"])
+    runner = Runner(config)
+    runner.run()
+    assert all(p.dtype == torch.float32 for t in runner.loss_terms for p in t.parameters())
+
+
+def test_warmup_freezes_backbone_then_restores(make_config):
+    runner = Runner(build_config(make_config("hist", epochs=2)))
+    before = [p.detach().clone() for p in runner.model.backbone.parameters()]
+    head_before = [p.detach().clone() for p in runner.model.head.parameters()]
+    runner.config["schedule"]["epochs"] = 1
+    runner.trainer.train(1, 1)
+    assert all(
+        torch.equal(a, p) for a, p in zip(before, runner.model.backbone.parameters(), strict=True)
+    )
+    assert not all(
+        torch.equal(a, p) for a, p in zip(head_before, runner.model.head.parameters(), strict=True)
+    )
+    assert all(p.requires_grad for p in runner.model.backbone.parameters())
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(make_config):
+    runner = Runner(build_config(make_config("hist")))
+    trainer = runner.trainer
+
+    class NaNFromEpoch2(torch.nn.Module):
+        def __init__(self, loss):
+            super().__init__()
+            self.loss = loss
+
+        def forward(self, embeddings, labels, indices_tuple=None):
+            value = self.loss(embeddings, labels, indices_tuple)
+            return value * float("nan") if trainer.epoch >= 2 else value
+
+    trainer.loss_funcs["metric_loss"] = NaNFromEpoch2(trainer.loss_funcs["metric_loss"])
+    with pytest.raises(NonFiniteLossError, match="epoch 2, iteration 0"):
+        runner.run()
+    results = json.loads((runner.out_dir / "results.json").read_text())
+    assert results["status"] == "failed" and "non-finite" in results["error"]
+    assert torch.load(runner.out_dir / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path):
+    config = build_config({"data": {"dataset": "cub200", "root": str(tmp_path / "nowhere")}})
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        Runner(config)
+    with pytest.raises(ValueError, match="--data-root"):
+        Runner(build_config({"data": {"dataset": "cub200"}}))
