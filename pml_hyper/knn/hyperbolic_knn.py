@@ -10,8 +10,8 @@ from pytorch_metric_learning.utils.inference import return_results
 from ..manifolds.poincare import PoincareBall
 
 BACKENDS = ("auto", "torch", "faiss")
-CHUNK_BYTES = 1 << 27
-"""Upper bound on the temporary score / gather blocks (128 MiB)."""
+CHUNK_BYTES = 1 << 28
+"""Upper bound on the temporary score / gather blocks (256 MiB)."""
 NEAR_ZERO = 1e-3
 """Distances below this are recomputed from coordinate differences."""
 GATHER_PER_GEMM_ROW = 64
@@ -138,7 +138,8 @@ class HyperbolicKNN:
                 f"k={k} is out of range for {len(reference)} reference points"
                 + (" (one is the query itself)" if ref_includes_query else "")
             )
-        self.ball.check_point(query, "query")
+        if not ref_includes_query:  # otherwise the queries are reference[:Nq] (PML's contract)
+            self.ball.check_point(query, "query")
         self.ball.check_point(reference, "reference")
         out_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
         with torch.no_grad():
@@ -158,9 +159,9 @@ class HyperbolicKNN:
         if n_cand * GATHER_PER_GEMM_ROW >= len(y):
             return self._refine_near_zero(x, y, *self._float64_search(x, x2, y, y2, k))
 
-        q_lift = self._exact.to_lorentz(x)
+        q_lift = self._exact.to_lorentz(x, x2)
         q_lift[:, 0].neg_()
-        r_lift = self._exact.to_lorentz(y)
+        r_lift = self._exact.to_lorentz(y, y2)
         search32 = _faiss_search if backend == "faiss" else _torch_search
         scores, cand = search32(q_lift.float(), r_lift.float(), n_cand)
         distances, indices = self._rerank(x, x2, y, y2, cand.to(device), k)
@@ -189,13 +190,20 @@ class HyperbolicKNN:
     def _float64_search(
         self, x: torch.Tensor, x2: torch.Tensor, y: torch.Tensor, y2: torch.Tensor, k: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Brute force in float64: one GEMM per chunk of queries, then the k smallest."""
-        distances = torch.empty(len(x), k, dtype=x.dtype, device=x.device)
-        indices = torch.empty(len(x), k, dtype=torch.long, device=x.device)
-        step = max(1, CHUNK_BYTES // (len(y) * x.element_size()))
-        for s in range(0, len(x), step):
-            d = self._exact.dist_from_inner(x[s : s + step] @ y.T, x2[s : s + step, None], y2)
-            distances[s : s + step], indices[s : s + step] = torch.topk(d, k, dim=1, largest=False)
+        """Brute force in float64 as one augmented GEMM per chunk of queries.
+
+        For a fixed query, d_c(x, y) increases with t = ‖x - y‖²/(1 - c‖y‖²)
+        = ‖x‖²w + ‖y‖²w - 2⟨x, wy⟩ with w = 1/(1 - c‖y‖²): the inner product of (x, ‖x‖², 1)
+        with (-2wy, w, ‖y‖²w). The k smallest t are selected, then
+        cosh(√c d) = 1 + 2c t/(1 - c‖x‖²) gives their distances.
+        """
+        c = self._exact.c
+        w = 1 / (1 - c * y2)
+        refs = torch.cat([-2 * w[:, None] * y, w[:, None], (y2 * w)[:, None]], dim=1)
+        queries = torch.cat([x, x2[:, None], torch.ones_like(x2)[:, None]], dim=1)
+        neg_t, indices = _torch_search(queries, refs.neg_(), k)
+        z = 2 * c * neg_t.neg_().clamp_min_(0) / (1 - c * x2[:, None])
+        distances = torch.log1p(z + torch.sqrt(z * (z + 2))) / self._exact.sqrt_c
         return distances, indices
 
     def _rerank(
@@ -249,10 +257,9 @@ def _torch_search(
     scores = torch.empty(len(queries), k, dtype=queries.dtype, device=queries.device)
     indices = torch.empty(len(queries), k, dtype=torch.long, device=queries.device)
     step = max(1, CHUNK_BYTES // (len(refs) * queries.element_size()))
-    refs_t = refs.T.contiguous()
     for s in range(0, len(queries), step):
         scores[s : s + step], indices[s : s + step] = torch.topk(
-            queries[s : s + step] @ refs_t, k, dim=1
+            queries[s : s + step] @ refs.T, k, dim=1
         )
     return scores, indices
 

@@ -280,16 +280,18 @@ class PoincareBall:
             return self._distance_from_parts(e, den)
 
     # ------------------------------------------------------------------ Lorentz lift
-    def to_lorentz(self, x: torch.Tensor) -> torch.Tensor:
+    def to_lorentz(self, x: torch.Tensor, sq_norm: torch.Tensor | None = None) -> torch.Tensor:
         """Lift to the unit hyperboloid: ``(..., n) -> (..., n + 1)`` (hyperbolic.md §6.1).
 
         X₀ = (1 + c‖x‖²)/(1 - c‖x‖²), X_i = 2√c x_i/(1 - c‖x‖²), so that
         cosh(√c d_c(x, y)) = X₀Y₀ - Σ X_iY_i. Negating X₀ of the queries turns nearest
-        neighbours into a maximum-inner-product search (§6.2).
+        neighbours into a maximum-inner-product search (§6.2). ``sq_norm`` (``(...)``, optional)
+        is ‖x‖² when the caller already has it.
         """
         self.check_point(x, "x")
         with full_precision(x) as (x,):
-            c_x2 = self.c * x.pow(2).sum(-1, keepdim=True)
+            sq_norm = x.pow(2).sum(-1) if sq_norm is None else sq_norm.to(x.dtype)
+            c_x2 = self.c * sq_norm.unsqueeze(-1)
             scale = 1 / (1 - c_x2)
             lifted = torch.empty(*x.shape[:-1], x.shape[-1] + 1, dtype=x.dtype, device=x.device)
             torch.mul(x, (2 * self.sqrt_c) * scale, out=lifted[..., 1:])
