@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="offline demo: emoji retrieval with EfficientNet-Lite0, four recipes"
     )
     demo.add_argument("--output-dir", default="runs/demo")
-    demo.add_argument("--epochs", type=int, default=4)
+    demo.add_argument("--epochs", type=int, default=10)
     demo.add_argument("--max-classes", type=int, default=200)
     demo.add_argument("--image-size", type=int, default=96)
     demo.add_argument(
