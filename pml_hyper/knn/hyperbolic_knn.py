@@ -32,17 +32,16 @@ class HyperbolicKNN:
     ``reference[:Nq]`` and each query's own index is removed, as in PML's kNN functions.
 
     Method: points are lifted to the hyperboloid (:meth:`PoincareBall.to_lorentz`, in float64),
-    where -cosh(√c d) is an inner product, so the search is a maximum-inner-product search: float32
-    scores
-    (faiss ``IndexFlatIP`` or a batched torch matmul + top-k) give ``k + rerank`` candidates, which
-    are re-ranked with the exact float64 Poincaré distance. A query is then certified: every
+    where -cosh(√c d) is an inner product, so the search is a maximum-inner-product search. Float32
+    scores (faiss ``IndexFlatIP`` or a batched torch matmul + top-k) give ``k + rerank``
+    candidates, which are re-ranked with float64 distances. Each query is then certified: every
     non-candidate's true score is at most its float32 score plus the float32 dot-product error
     bound, which must stay below the k-th exact score. Uncertified queries (near-ties that
-    float32 cannot separate) are searched again by float64 brute force, which is also used
-    directly when ``k + rerank`` exceeds 1/64 of the references (gathering that many candidates
-    costs more than one float64 GEMM). The result equals a float64 brute-force search up to
-    float64 rounding; distances are computed in float64 from Gram products (absolute error
-    ~1e-7 at zero distance, ~1e-15 relative elsewhere).
+    float32 cannot separate) are searched again by a float64 brute force (one GEMM over augmented
+    vectors), which is also used directly when ``k + rerank`` exceeds 1/64 of the references
+    (gathering that many candidates costs more than the GEMM). Distances below 1e-3 are
+    recomputed from coordinate differences (exact zeros for duplicates). The result equals a
+    float64 brute-force search up to float64 rounding.
 
     Args:
         c: curvature magnitude of the ball the embeddings live in.
