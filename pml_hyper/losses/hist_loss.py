@@ -304,7 +304,7 @@ class HISTLoss(BaseMetricLossFunction):
             raise ValueError(f"labels must have shape ({len(x)},), got {tuple(labels.shape)}")
         if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
             raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
-        if (labels < 0).any() or (labels >= self.num_classes).any():
+        if ((labels < 0) | (labels >= self.num_classes)).any():
             raise ValueError(
                 f"labels must be contiguous class ids in [0, num_classes={self.num_classes}), "
                 f"got values in [{int(labels.min())}, {int(labels.max())}]"

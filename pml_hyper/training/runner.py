@@ -436,7 +436,7 @@ class Runner:
         warmup_modules = (
             [self.model.backbone] if schedule["warmup_freeze"] == "requires_grad" else []
         )
-        self._epoch_losses: list[float] = []
+        self._epoch_losses: list[torch.Tensor] = []
         return MetricLossTrainer(
             models={"trunk": trunk, "embedder": torch.nn.Identity()},
             optimizers=optimizers,
@@ -463,13 +463,14 @@ class Runner:
     def _end_of_iteration(self, trainer: MetricLossTrainer) -> None:
         if self.hooks is not None:
             self.hooks.end_of_iteration_hook(trainer)
-        self._epoch_losses.append(float(torch.as_tensor(trainer.losses["total_loss"]).detach()))
+        # kept on the device: converted once per epoch, not synchronised every iteration
+        self._epoch_losses.append(torch.as_tensor(trainer.losses["total_loss"]).detach())
 
     def _end_of_epoch(self, trainer: MetricLossTrainer) -> bool:
         epoch, ev = trainer.epoch, self.config["eval"]
         entry: dict[str, Any] = {
             "epoch": epoch,
-            "loss": float(np.mean(self._epoch_losses)),
+            "loss": float(torch.stack(self._epoch_losses).double().mean()),
             # every group's lr (PML's record keeper logs only the first group of each optimizer)
             "lr": {
                 group.get("name", f"{key}.{i}"): group["lr"]

@@ -130,7 +130,8 @@ class MetricLossTrainer(MetricLossOnly):
             for self.iteration in bar:
                 self.forward_and_backward()
                 self.end_of_iteration_hook(self)
-                bar.set_postfix(loss=f"{self._loss_value('total_loss'):.4f}")
+                if self.progress_bar:  # reading the loss waits for the device
+                    bar.set_postfix(loss=f"{self._loss_value('total_loss'):.4f}")
                 self.step_lr_schedulers(end_of_epoch=False)
             self.step_lr_schedulers(end_of_epoch=True)
             self.zero_losses()
@@ -194,10 +195,11 @@ class MetricLossTrainer(MetricLossOnly):
             for optimizer in self._active_optimizers():
                 self.scaler.unscale_(optimizer)
         super().clip_gradients()
+        if self.grad_clamp is None and self.grad_norm_clip is None:
+            return
         params = [p for p in self._trainable_parameters() if p.grad is not None]
         if self.grad_clamp is not None:
-            for p in params:
-                p.grad.clamp_(-self.grad_clamp, self.grad_clamp)
+            torch.nn.utils.clip_grad_value_(params, self.grad_clamp)
         if self.grad_norm_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.grad_norm_clip)
 
