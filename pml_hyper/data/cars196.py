@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat
 
 from .base_image_dataset import BaseImageDataset
 
@@ -28,13 +29,6 @@ class Cars196(BaseImageDataset):
     )
 
     def _load_split(self) -> tuple[list[Path], list[int]]:
-        try:
-            from scipy.io import loadmat
-        except ImportError as error:
-            raise ImportError(
-                "Cars196 reads cars_annos.mat with scipy: pip install scipy"
-            ) from error
-
         folder = self.root / "cars196"
         mat_file = self._require(folder / "cars_annos.mat")
         mat = loadmat(mat_file, squeeze_me=True)

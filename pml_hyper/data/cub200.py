@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base_image_dataset import BaseImageDataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-"""The file types torchvision's ``ImageFolder`` reads, which the official loaders use."""
+from .base_image_dataset import BaseImageDataset
 
 
 class CUB200(BaseImageDataset):
@@ -45,7 +44,7 @@ class CUB200(BaseImageDataset):
             files = sorted(
                 f
                 for f in folder.iterdir()
-                if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("._")
+                if f.suffix.lower() in IMG_EXTENSIONS and not f.name.startswith("._")
             )
             paths += files
             labels += [label] * len(files)

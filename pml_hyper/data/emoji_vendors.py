@@ -113,8 +113,6 @@ class EmojiVendors(BaseImageDataset):
         if image_size is not None and not (isinstance(image_size, int) and image_size > 0):
             raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
         self.image_size = image_size
-        self.vendors = np.zeros(0, dtype=np.int64)
-        self.sequences: list[str] = []
         super().__init__(default_cache_dir() if root is None else root, split, transform)
 
     def _load_split(self) -> tuple[list[Path], list[int]]:

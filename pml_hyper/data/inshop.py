@@ -14,7 +14,7 @@ class InShop(BaseImageDataset):
 
     Labels come from the item ids (``id_00000001``): the train items, in sorted id order, are
     0..n−1; the test items are numbered 0..m−1 once over query ∪ gallery, so an item has the same
-    label in ``query`` and ``gallery``. Evaluate query against gallery (``INSHOP_K``).
+    label in ``query`` and ``gallery``. Evaluate query against gallery (``INSHOP_K_VALUES``).
     """
 
     SPLITS = ("train", "query", "gallery")

@@ -1,4 +1,4 @@
-"""A generated image dataset: runs anywhere, for smoke tests and throughput benchmarks."""
+"""A generated image dataset that runs anywhere, for smoke tests (config ``dataset: synthetic``)."""
 
 from __future__ import annotations
 

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from ..models import HIERHead, HISTHead
+from ..models import HISTHead
 
 
 class TinyCNN(torch.nn.Module):
-    """Two conv–BN–ReLU blocks, GAP + GMP pooling and an embedding head: ``(B, 3, H, W) ->
-    (B, D)``; ``backbone`` and ``head`` attributes as in ``EmbeddingModel``.
-
-    Args:
-        embedding_size: D.
-        head: ``"hist"``, ``"hier"`` or a module mapping ``(B, 16)`` to ``(B, D)``.
-        width: channels of the conv layers (the feature size ``num_features``).
+    """Two 16-channel conv–BN–ReLU blocks, GAP + GMP pooling and a HIST head:
+    ``(B, 3, H, W) -> (B, D)``; ``backbone``, ``head`` and ``num_features`` attributes as in
+    ``EmbeddingModel`` (the runner swaps in the head its config asks for).
     """
 
-    def __init__(self, embedding_size: int, head: str | torch.nn.Module = "hist", width: int = 16):
+    def __init__(self, embedding_size: int):
         super().__init__()
+        width = 16
         self.num_features = width
         self.backbone = torch.nn.Sequential(
             torch.nn.Conv2d(3, width, 3, stride=2, padding=1),
@@ -28,8 +25,7 @@ class TinyCNN(torch.nn.Module):
             torch.nn.BatchNorm2d(width),
             torch.nn.ReLU(),
         )
-        heads = {"hist": HISTHead, "hier": HIERHead}
-        self.head = heads[head](width, embedding_size) if isinstance(head, str) else head
+        self.head = HISTHead(width, embedding_size)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         x = self.backbone(images)
