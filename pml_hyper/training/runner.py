@@ -204,8 +204,11 @@ def model_param_groups(config: dict, model: torch.nn.Module) -> list[dict]:
 
 
 def make_optimizer(config: dict, groups: list[dict]) -> torch.optim.Optimizer:
+    """``config["optimizer"]`` over ``groups``; the fused CUDA implementation when every
+    parameter is on a CUDA device (one kernel for all parameters instead of one per tensor)."""
     opt = config["optimizer"]
-    kwargs = {"lr": opt["lr"], "weight_decay": opt["weight_decay"]}
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    kwargs = {"lr": opt["lr"], "weight_decay": opt["weight_decay"], "fused": fused or None}
     if opt["name"] == "adam":
         return torch.optim.Adam(groups, eps=opt["eps"], **kwargs)
     if opt["name"] == "adamw":
@@ -255,6 +258,27 @@ def lr_lambdas(
             f"schedule.warmup_freeze must be lr or requires_grad, got {s['warmup_freeze']!r}"
         )
     return [backbone_factor if frozen_by_lr and n == "backbone" else factor for n in group_names]
+
+
+def build_optimizers(
+    config: dict, model: torch.nn.Module, loss_terms: list[torch.nn.Module], iterations: int
+) -> tuple[dict, dict]:
+    """The trainer's ``optimizers`` and per-iteration ``lr_schedulers`` dicts: one optimizer
+    (with its ``LambdaLR``) for the model and one for the losses' parameters, when they have
+    any; ``iterations`` is the number of iterations per epoch."""
+    optimizers, schedulers = {}, {}
+    for key, groups in (
+        ("trunk", model_param_groups(config, model)),
+        ("metric_loss", loss_param_groups(config, loss_terms)),
+    ):
+        if groups:
+            optimizer = make_optimizer(config, groups)
+            optimizers[f"{key}_optimizer"] = optimizer
+            lambdas = lr_lambdas(config, iterations, [g["name"] for g in groups])
+            schedulers[f"{key}_scheduler_by_iteration"] = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambdas
+            )
+    return optimizers, schedulers
 
 
 def build_tester(config: dict, end_of_testing_hook: Callable | None = None, device=None):
@@ -406,18 +430,7 @@ class Runner:
         )
         if iterations < 1:
             raise ValueError(f"{len(self.train_set)} training images make no batch of {batch_size}")
-        optimizers, schedulers = {}, {}
-        for key, groups in (
-            ("trunk", model_param_groups(config, self.model)),
-            ("metric_loss", loss_param_groups(config, self.loss_terms)),
-        ):
-            if groups:
-                optimizer = make_optimizer(config, groups)
-                optimizers[f"{key}_optimizer"] = optimizer
-                lambdas = lr_lambdas(config, iterations, [g["name"] for g in groups])
-                schedulers[f"{key}_scheduler_by_iteration"] = torch.optim.lr_scheduler.LambdaLR(
-                    optimizer, lambdas
-                )
+        optimizers, schedulers = build_optimizers(config, self.model, self.loss_terms, iterations)
         self.record_keeper = build_record_keeper(self.out_dir) if self.rank == 0 else None
         self.hooks = (
             logging_presets.get_hook_container(
