@@ -32,15 +32,22 @@ from pml_hyper.knn.hyperbolic_knn import faiss_available
 from pml_hyper.layers import ToPoincare
 
 
-def make_embeddings(n: int, dim: int, device: torch.device, seed: int) -> torch.Tensor:
-    """Clustered HIER-like embeddings: ~n/5 classes, tangent norms 0.5..6, clipped at 2.3."""
+def make_clustered(n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, dim) features around ~n/5 class centres (about 5 per class, as in SOP's test split)
+    with tangent norms 0.5..6, and their (n,) labels; on the CPU."""
     g = torch.Generator().manual_seed(seed)
     n_classes = max(1, n // 5)
     centers = torch.randn(n_classes, dim, generator=g)
     labels = torch.randint(0, n_classes, (n,), generator=g)
     u = centers[labels] + 0.7 * torch.randn(n, dim, generator=g)
-    u = u / u.norm(dim=1, keepdim=True) * (0.5 + 5.5 * torch.rand(n, 1, generator=g))
-    return ToPoincare(c=0.1, clip_r=2.3, riemannian=False)(u).to(device)
+    return u / u.norm(dim=1, keepdim=True) * (0.5 + 5.5 * torch.rand(n, 1, generator=g)), labels
+
+
+def make_embeddings(n: int, dim: int, device: torch.device, seed: int) -> torch.Tensor:
+    """Clustered HIER-like embeddings (:func:`make_clustered`) mapped into the ball, clipped
+    at 2.3."""
+    features, _ = make_clustered(n, dim, seed)
+    return ToPoincare(c=0.1, clip_r=2.3, riemannian=False)(features).to(device)
 
 
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
