@@ -163,6 +163,8 @@ def hier_triplet_loss(
     noise_ijk: torch.Tensor,
     tau: float = 0.1,
     margin: float = 0.1,
+    *,
+    check_indices: bool = True,
 ) -> HIERPart:
     """One part of L_HIER: LCA choice by hard Gumbel-softmax and the three-term hinge (§6).
 
@@ -188,6 +190,8 @@ def hier_triplet_loss(
         noise_ij, noise_ijk: (T, M) independent Gumbel noise for the two LCA choices.
         tau: temperature τ of the logits −s/τ.
         margin: hinge margin δ.
+        check_indices: raise ``ValueError`` for triplet indices outside ``[0, n)`` (one
+            device-to-host sync); ``False`` for triplets valid by construction (mined ones).
 
     Returns:
         :class:`HIERPart` (loss, lca_ij, lca_ijk). The loss is differentiable w.r.t. ``dist``.
@@ -205,7 +209,7 @@ def hier_triplet_loss(
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau}")
     triplets = triplets.to(device=dist.device, dtype=torch.long)
-    if ((triplets < 0) | (triplets >= len(dist))).any():
+    if check_indices and ((triplets < 0) | (triplets >= len(dist))).any():
         raise ValueError(f"triplet indices must lie in [0, {len(dist)})")
     noise_ij, noise_ijk = noise_ij.to(dist.device), noise_ijk.to(dist.device)
     with full_precision(dist, noise_ij, noise_ijk) as (dist, noise_ij, noise_ijk):
@@ -341,6 +345,7 @@ class HIERLoss(BaseMetricLossFunction):
         self.lcas = torch.nn.Parameter(lcas.cpu() / embedding_size**0.5 * (0.9 * clip_r))
         self.to_poincare = ToPoincare(c, clip_r=clip_r, riemannian=True, official=official)
         self.ball = PoincareBall(c, official=official, check_inputs=False)
+        self.input_ball = PoincareBall(c)  # validates the embeddings
         self.distance = PoincareDistance(c, official=official, check_inputs=False)
         self.miner = ReciprocalTripletMiner(
             topk=topk,
@@ -378,7 +383,7 @@ class HIERLoss(BaseMetricLossFunction):
                 f"(classes·views, D)"
             )
         check_generator_device(self.generator, embeddings.device)
-        PoincareBall(self.c).check_point(embeddings, "HIERLoss embeddings")
+        self.input_ball.check_point(embeddings, "HIERLoss embeddings")
         with full_precision(embeddings, self.lcas) as (z, theta):
             proxies = self.to_poincare(theta)
             sample_proxy = self.ball.pairwise_dist(z, proxies)
@@ -389,8 +394,13 @@ class HIERLoss(BaseMetricLossFunction):
                 else:
                     sample_triplets = lmu.convert_to_triplets(indices_tuple, labels)
                 proxy_triplets = self.mine_proxy_triplets(proxy_proxy)
-            sample_part = self._part(sample_proxy, torch.stack(sample_triplets, dim=1), "sample")
-            proxy_part = self._part(proxy_proxy, torch.stack(proxy_triplets, dim=1), "proxy")
+            sample_part = self._part(
+                sample_proxy,
+                torch.stack(sample_triplets, dim=1),
+                "sample",
+                indices_tuple is not None,
+            )
+            proxy_part = self._part(proxy_proxy, torch.stack(proxy_triplets, dim=1), "proxy", False)
         return dict(zip(self.SUB_LOSS_NAMES, (sample_part, proxy_part), strict=True))
 
     def mine_proxy_triplets(
@@ -405,15 +415,20 @@ class HIERLoss(BaseMetricLossFunction):
         u = torch.rand(shape, generator=self.generator, dtype=like.dtype, device=like.device)
         return u.log_().neg_().log_().neg_()
 
-    def _part(self, dist: torch.Tensor, triplets: torch.Tensor, name: str) -> dict:
-        """Noise draws and :func:`hier_triplet_loss` for one part, as a PML loss-dict entry."""
+    def _part(
+        self, dist: torch.Tensor, triplets: torch.Tensor, name: str, check_indices: bool
+    ) -> dict:
+        """Noise draws and :func:`hier_triplet_loss` for one part, as a PML loss-dict entry;
+        ``check_indices`` for triplets that did not come from this loss's own miner."""
         if len(triplets) == 0:
             self._record_part(name, 0, 0)
             return self.zero_loss()
         shape = (len(triplets), dist.shape[1])
         noise_ij = self.gumbel_noise(shape, dist)
         noise_ijk = self.gumbel_noise(shape, dist)
-        part = hier_triplet_loss(dist, triplets, noise_ij, noise_ijk, self.tau, self.margin)
+        part = hier_triplet_loss(
+            dist, triplets, noise_ij, noise_ijk, self.tau, self.margin, check_indices=check_indices
+        )
         self._record_part(name, len(triplets), part.lca_ij == part.lca_ijk)
         return {"losses": part.loss, "indices": None, "reduction_type": "already_reduced"}
 

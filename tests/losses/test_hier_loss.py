@@ -201,6 +201,24 @@ def test_indices_tuple_replaces_the_sample_miner():
     assert parts["proxy_triplet_loss"]["losses"] > 0
 
 
+def test_index_range_is_checked_only_for_triplets_from_outside(monkeypatch):
+    checks = []
+
+    def spy(*args, **kwargs):
+        checks.append(kwargs["check_indices"])
+        return hier_triplet_loss(*args, **kwargs)
+
+    monkeypatch.setattr(hier_module, "hier_triplet_loss", spy)
+    x, labels = features()
+    z = ToPoincare()(x)
+    small_loss()(z, labels)
+    assert checks == [False, False]  # mined sample and proxy triplets are valid by construction
+    outside = (torch.tensor([0]), torch.tensor([1]), torch.tensor([len(z)]))
+    with pytest.raises(ValueError, match="triplet indices must lie"):
+        small_loss()(z, labels, indices_tuple=outside)
+    assert checks[2] is True
+
+
 def test_no_mutual_neighbour_gives_zero_loss_with_graph():
     x, labels = features()
     loss = small_loss(topk=1, collect_stats=True)
