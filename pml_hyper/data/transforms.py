@@ -7,7 +7,10 @@ vit_small_patch16_224               0.5         bicubic        (0.2, 1)     HIER
 vit_small_patch16_224.dino          ImageNet    bicubic        (0.2, 1)     HIER (dino_vits16)
 tf_efficientnet_lite0               0.5         bicubic        (0.08, 1)    timm data config
 
-The values live in :data:`pml_hyper.models.backbones.BACKBONES`.
+Mean/std and interpolation come from timm's pretrained config of each backbone and the scale from
+:data:`pml_hyper.models.backbones.BACKBONES` (see :class:`~pml_hyper.models.BackboneSpec`). timm's
+``crop_pct`` (0.9 for the ViTs) is not used: every recipe evaluates at Resize(256) →
+CenterCrop(224).
 
 Train: RandomResizedCrop(size, scale) → RandomHorizontalFlip → ToTensor → Normalize.
 Eval: Resize(size / crop_pct) on the shorter side → CenterCrop(size) → ToTensor → Normalize

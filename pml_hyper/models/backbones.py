@@ -9,61 +9,73 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-HALF = (0.5, 0.5, 0.5)
+if TYPE_CHECKING:
+    from timm.models import PretrainedCfg
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     """How a backbone is built, pooled and fed.
 
+    Input normalisation and resize interpolation are those of timm's pretrained config for
+    ``timm_name`` (timm's local registry; nothing is downloaded). For every backbone here they
+    are the papers' values: ImageNet mean/std except mean/std 0.5 for the AugReg ViT-S/16
+    (HIER: 0.5 for model names starting with "vit"; DINO is ``dino_vits16`` there) and
+    EfficientNet-Lite0; bilinear for ResNet-50 (HIST, torchvision's default), bicubic otherwise.
+
     Attributes:
         timm_name: timm model name with the pretrained tag of the weights the papers used.
         pooling: ``"gap_gmp"`` (CNN feature map → global average + global max pooling, summed)
             or ``"token"`` (ViT pre-logits: the CLS token; distilled DeiT averages CLS and
             distillation tokens).
-        mean, std: input normalisation of the pretrained weights.
-        interpolation: resize interpolation of the recipe.
         train_scale: ``RandomResizedCrop`` scale range of the recipe.
     """
 
     timm_name: str
     pooling: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str
     train_scale: tuple[float, float]
+
+    @property
+    def pretrained_cfg(self) -> PretrainedCfg:
+        """timm's ``PretrainedCfg`` of :attr:`timm_name` (weights URL, hub id, data config)."""
+        import timm
+
+        return timm.models.get_pretrained_cfg(self.timm_name, allow_unregistered=False)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """Input normalisation mean of the pretrained weights, ``(3,)``."""
+        return tuple(self.pretrained_cfg.mean)
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """Input normalisation standard deviation of the pretrained weights, ``(3,)``."""
+        return tuple(self.pretrained_cfg.std)
+
+    @property
+    def interpolation(self) -> str:
+        """Resize interpolation: ``"bilinear"`` or ``"bicubic"``."""
+        return self.pretrained_cfg.interpolation
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     # HIST/HIER ResNet-50: torchvision ImageNet-1k v1 weights, HIST's transforms (hist.md §5.6).
-    "resnet50": BackboneSpec(
-        "resnet50.tv_in1k", "gap_gmp", IMAGENET_MEAN, IMAGENET_STD, "bilinear", (0.08, 1.0)
-    ),
-    # HIER ViT recipes (hier.md §9): bicubic, scale (0.2, 1); mean/std 0.5 only for "vit*" names.
+    "resnet50": BackboneSpec("resnet50.tv_in1k", "gap_gmp", (0.08, 1.0)),
+    # HIER ViT recipes (hier.md §9): scale (0.2, 1).
     "deit_small_distilled_patch16_224": BackboneSpec(
-        "deit_small_distilled_patch16_224.fb_in1k",
-        "token",
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        "bicubic",
-        (0.2, 1.0),
+        "deit_small_distilled_patch16_224.fb_in1k", "token", (0.2, 1.0)
     ),
     "vit_small_patch16_224": BackboneSpec(
-        "vit_small_patch16_224.augreg_in21k_ft_in1k", "token", HALF, HALF, "bicubic", (0.2, 1.0)
+        "vit_small_patch16_224.augreg_in21k_ft_in1k", "token", (0.2, 1.0)
     ),
-    # HIER loads DINO as torch.hub "dino_vits16": ImageNet statistics.
-    "vit_small_patch16_224.dino": BackboneSpec(
-        "vit_small_patch16_224.dino", "token", IMAGENET_MEAN, IMAGENET_STD, "bicubic", (0.2, 1.0)
-    ),
+    # HIER loads DINO as torch.hub "dino_vits16".
+    "vit_small_patch16_224.dino": BackboneSpec("vit_small_patch16_224.dino", "token", (0.2, 1.0)),
     # Offline default (offline_assets.md §2.2): timm's data config for the TF-ported weights.
-    "tf_efficientnet_lite0": BackboneSpec(
-        "tf_efficientnet_lite0.in1k", "gap_gmp", HALF, HALF, "bicubic", (0.08, 1.0)
-    ),
+    "tf_efficientnet_lite0": BackboneSpec("tf_efficientnet_lite0.in1k", "gap_gmp", (0.08, 1.0)),
 }
 
 
@@ -108,7 +120,7 @@ def create_backbone(
         model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes)
         _load_efficientnet_lite0_package(model, num_classes)
         return model
-    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
+    cfg = spec.pretrained_cfg
     cached = _hub_cache_file(cfg.hf_hub_id)
     if cached is None:
         raise RuntimeError(

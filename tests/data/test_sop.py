@@ -6,21 +6,21 @@ import pytest
 from pml_hyper.data import SOP
 
 HEADER = "image_id class_id super_class_id path"
-# (class_id, super_class_id, path, mode)
+# (class_id, super_class_id, path)
 TRAIN = [
-    (1, 1, "bicycle_final/111085122871_0.JPG", "RGB"),
-    (1, 1, "bicycle_final/111085122871_1.JPG", "L"),
-    (11318, 12, "toaster_final/1_0.JPG", "CMYK"),
+    (1, 1, "bicycle_final/111085122871_0.JPG"),
+    (1, 1, "bicycle_final/111085122871_1.JPG"),
+    (11318, 12, "toaster_final/1_0.JPG"),
 ]
 TEST = [
-    (11319, 1, "bicycle_final/2_0.JPG", "RGB"),
-    (22634, 12, "toaster_final/3_0.JPG", "RGB"),
-    (22634, 12, "toaster_final/3_1.JPG", "RGB"),
+    (11319, 1, "bicycle_final/2_0.JPG"),
+    (22634, 12, "toaster_final/3_0.JPG"),
+    (22634, 12, "toaster_final/3_1.JPG"),
 ]
 
 
 def write_list(path, rows, header=HEADER):
-    lines = [header] + [f"{i} {c} {s} {p}" for i, (c, s, p, _) in enumerate(rows, start=1)]
+    lines = [header] + [f"{i} {c} {s} {p}" for i, (c, s, p) in enumerate(rows, start=1)]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -28,8 +28,8 @@ def write_list(path, rows, header=HEADER):
 def root(tmp_path, write_image):
     folder = tmp_path / "Stanford_Online_Products"
     for split, rows in (("train", TRAIN), ("test", TEST)):
-        for _, _, path, mode in rows:
-            write_image(folder / path, mode)
+        for _, _, path in rows:
+            write_image(folder / path)
         write_list(folder / f"Ebay_{split}.txt", rows)
     return tmp_path
 
@@ -38,15 +38,16 @@ def root(tmp_path, write_image):
 def test_labels_are_class_id_minus_one(root, split, rows):
     dataset = SOP(root, split=split)
     assert dataset.labels.dtype == np.int64
-    assert dataset.labels.tolist() == [c - 1 for c, _, _, _ in rows]
+    assert dataset.labels.tolist() == [c - 1 for c, _, _ in rows]
     folder = root / "Stanford_Online_Products"
-    assert dataset.paths == [folder / p for _, _, p, _ in rows]
-    assert all(dataset[i][0].mode == "RGB" for i in range(len(dataset)))
+    assert dataset.paths == [folder / p for _, _, p in rows]
+    assert all(dataset[i][0].size == (6, 4) for i in range(len(dataset)))
 
 
 def test_missing_list_file_names_path_and_layout(root):
-    (root / "Stanford_Online_Products" / "Ebay_test.txt").unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape("Ebay_test.txt")) as info:
+    list_file = root / "Stanford_Online_Products" / "Ebay_test.txt"
+    list_file.unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{list_file} not found")) as info:
         SOP(root, split="test")
     assert "Ebay_train.txt, Ebay_test.txt" in str(info.value)
 
@@ -62,10 +63,3 @@ def test_bad_line_is_an_error(root):
     list_file.write_text(list_file.read_text() + "4 x 1 a.JPG\n")
     with pytest.raises(ValueError, match="line 5"):
         SOP(root)
-
-
-def test_missing_image_names_it(root):
-    dataset = SOP(root, split="train")
-    dataset.paths[2].unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(dataset.paths[2]))):
-        dataset[2]

@@ -1,9 +1,8 @@
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from pml_hyper.data import eval_transform, train_transform
+from pml_hyper.data import eval_transform
 from pml_hyper.manifolds import PoincareBall
 from pml_hyper.models import BACKBONES, EmbeddingModel, HIERHead, HISTHead, create_backbone
 
@@ -197,19 +196,3 @@ def test_unknown_backbone_lists_the_supported_ones():
         EmbeddingModel("resnet18", 8)
     with pytest.raises(ValueError, match="embedding_size"):
         EmbeddingModel("resnet50", 0)
-
-
-@pytest.mark.parametrize("backbone", list(BACKBONES))
-def test_transforms_follow_the_recipes(backbone):
-    spec = BACKBONES[backbone]
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8))
-    train, evaluate = train_transform(backbone), eval_transform(backbone)
-    assert train(image).shape == evaluate(image).shape == (3, 224, 224)
-    crop, _, _, normalize = train.transforms
-    assert crop.scale == spec.train_scale and crop.interpolation.value == spec.interpolation
-    assert normalize.mean == spec.mean and normalize.std == spec.std
-    resize = evaluate.transforms[0]
-    assert resize.size == 256 and resize.interpolation.value == spec.interpolation
-    assert eval_transform(backbone, 112, crop_pct=1.0).transforms[0].size == 112
-    with pytest.raises(ValueError, match="crop_pct"):
-        eval_transform(backbone, crop_pct=0)
