@@ -1,5 +1,17 @@
 """Paper-protocol evaluation: Recall@K for PML's AccuracyCalculator and testers."""
 
-from .recall_at_k import CUB_CARS_K_VALUES, INSHOP_K_VALUES, SOP_K_VALUES, RecallAtK
+from .recall_at_k import (
+    CUB_CARS_K_VALUES,
+    INSHOP_K_VALUES,
+    SOP_K_VALUES,
+    RecallAtK,
+    recall_metric_names,
+)
 
-__all__ = ["CUB_CARS_K_VALUES", "INSHOP_K_VALUES", "SOP_K_VALUES", "RecallAtK"]
+__all__ = [
+    "CUB_CARS_K_VALUES",
+    "INSHOP_K_VALUES",
+    "SOP_K_VALUES",
+    "RecallAtK",
+    "recall_metric_names",
+]

@@ -22,6 +22,11 @@ INSHOP_K_VALUES = (1, 10, 20, 30)
 """In-shop: query split against gallery split (``splits_to_eval=[("query", ["gallery"])]``)."""
 
 
+def recall_metric_names(k_values: Iterable[int]) -> list[str]:
+    """The metric names ``recall_at_<K>`` of ``k_values``, in their order."""
+    return [f"recall_at_{k}" for k in k_values]
+
+
 class RecallAtK(AccuracyCalculator):
     """PML's ``AccuracyCalculator`` plus ``recall_at_<K>`` for each K in ``k_values``.
 
@@ -77,16 +82,15 @@ class RecallAtK(AccuracyCalculator):
         k = accuracy_calculator_kwargs.setdefault("k", "max_bin_count")
         if isinstance(k, int) and k < self.k_values[-1]:
             raise ValueError(f"k={k} is below max(k_values)={self.k_values[-1]}")
-        for k_value in self.k_values:
-            setattr(
-                self, f"calculate_recall_at_{k_value}", functools.partial(self._recall, k_value)
-            )
+        for k_value, name in zip(self.k_values, recall_metric_names(self.k_values), strict=True):
+            setattr(self, f"calculate_{name}", functools.partial(self._recall, k_value))
         super().__init__(**accuracy_calculator_kwargs)
         if official_inshop_mask:
             self.knn_func = _OfficialQueryIndexMask(self.knn_func)
 
     def recall_metric_names(self) -> list[str]:
-        return [f"recall_at_{k}" for k in self.k_values]
+        """This calculator's ``recall_at_<K>`` names, by increasing K."""
+        return recall_metric_names(self.k_values)
 
     def requires_knn(self) -> list[str]:
         return super().requires_knn() + self.recall_metric_names()

@@ -16,8 +16,16 @@ from pathlib import Path
 
 import torch
 
+from ..evaluation import recall_metric_names
 from .config import build_config
-from .runner import Runner, build_datasets, build_model, build_tester
+from .runner import (
+    Runner,
+    build_datasets,
+    build_model_on,
+    build_tester,
+    evaluate_recall,
+    resolve_device,
+)
 
 ATTRIBUTION = (
     "Emoji: OpenMoji (CC BY-SA 4.0) vs Twemoji (CC BY 4.0, Copyright 2019 Twitter, Inc and "
@@ -133,17 +141,12 @@ class _PooledFeatures(torch.nn.Module):
 def pretrained_baseline(config: dict) -> dict[str, float]:
     """Recall@K of the pretrained backbone's pooled features (cosine), before any training."""
     _, eval_sets, splits = build_datasets(config)
-    model = build_model(config).eval()
+    device = resolve_device()
+    model = build_model_on(config, device).eval()
     baseline = copy.deepcopy(config)
     baseline["model"]["head"] = "hist"
-    accuracies = build_tester(baseline).test(
-        eval_sets, 0, _PooledFeatures(model), torch.nn.Identity(), splits
-    )
-    return {
-        k.removesuffix("_level0"): float(v)
-        for k, v in accuracies[splits[0][0]].items()
-        if k.startswith("recall_at_")
-    }
+    tester = build_tester(baseline, device=device)
+    return evaluate_recall(tester, eval_sets, splits, _PooledFeatures(model))
 
 
 def run_demo(
@@ -194,7 +197,9 @@ def format_table(rows: dict[str, dict], config: dict) -> str:
         "|---" * (len(ks) + 2) + "|",
     ]
     for name, row in rows.items():
-        values = " | ".join(f"{100 * row['metrics'][f'recall_at_{k}']:.1f}" for k in ks)
+        values = " | ".join(
+            f"{100 * row['metrics'][metric]:.1f}" for metric in recall_metric_names(ks)
+        )
         lines.append(f"| {name} | {values} | {row['seconds']:.0f} |")
     return "\n".join(lines)
 

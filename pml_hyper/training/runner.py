@@ -12,7 +12,8 @@ import logging
 import math
 import os
 import platform
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,20 @@ from ..data import (
     eval_transform,
     train_transform,
 )
-from ..evaluation import RecallAtK
+from ..evaluation import RecallAtK, recall_metric_names
 from ..knn import HyperbolicKNN
 from ..models import EmbeddingModel, HIERHead
-from .config import dump_config
+from .config import build_config, dump_config
 from .distributed_loss_wrapper import DistributedLossWrapper, is_distributed
 from .synthetic_images import SyntheticImages
 from .tiny_cnn import TinyCNN
-from .trainer import MetricLossTrainer, NonFiniteLossError, load_checkpoint, seed_everything
+from .trainer import (
+    MetricLossTrainer,
+    NonFiniteLossError,
+    load_checkpoint,
+    seed_everything,
+    write_atomically,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -129,6 +136,23 @@ def build_model(config: dict) -> torch.nn.Module:
     if m["head"] != "hist":
         model.head = HIERHead(model.num_features, m["embedding_size"], **head_kwargs)
     return model
+
+
+def build_model_on(config: dict, device: torch.device) -> torch.nn.Module:
+    """:func:`build_model` on ``device``, in ``channels_last`` format when the config asks."""
+    model = build_model(config).to(device)
+    if config["precision"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``; by default this process's CUDA device (``LOCAL_RANK``) when CUDA is
+    available, else the CPU."""
+    if device is None:
+        cuda = torch.cuda.is_available()
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
+    return torch.device(device)
 
 
 def _find_class(name: str, modules: tuple, what: str) -> type:
@@ -293,7 +317,7 @@ def build_tester(config: dict, end_of_testing_hook: Callable | None = None, devi
     k_values = config["eval"]["k_values"]
     calculator = RecallAtK(
         k_values,
-        include=tuple(f"recall_at_{k}" for k in k_values),
+        include=recall_metric_names(k_values),
         k=max(k_values),
         knn_func=knn,
         device=device,
@@ -306,6 +330,41 @@ def build_tester(config: dict, end_of_testing_hook: Callable | None = None, devi
         data_device=device,
         end_of_testing_hook=end_of_testing_hook,
     )
+
+
+def evaluate_recall(
+    tester: testers.GlobalEmbeddingSpaceTester,
+    eval_sets: dict,
+    splits_to_eval: list,
+    model: torch.nn.Module,
+    epoch: int = 0,
+) -> dict[str, float]:
+    """Recall@K of ``model`` on the first query split of ``splits_to_eval``, by increasing K
+    (``tester`` from :func:`build_tester`)."""
+    accuracies = tester.test(eval_sets, epoch, model, torch.nn.Identity(), splits_to_eval)
+    query = accuracies[splits_to_eval[0][0]]
+    names = tester.accuracy_calculator.recall_metric_names()
+    return {name: float(query[f"{name}_level0"]) for name in names}
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    data_root: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Recall@K of the model weights of a checkpoint (``last.pt``, ``best.pt``) on its config's
+    evaluation split(s), with ``key=value`` config overrides. Only the weights are read: no
+    optimizer, scheduler or RNG state, and no pretrained backbone weights."""
+    state = load_checkpoint(path)
+    config = build_config(state["config"], overrides)
+    device = resolve_device(device)
+    _, eval_sets, splits_to_eval = build_datasets(config, data_root)
+    weights_only = dict(config["model"], pretrained=False, checkpoint_path=None)
+    model = build_model_on({**config, "model": weights_only}, device)
+    model.load_state_dict(state["models"]["trunk"])
+    tester = build_tester(config, device=device)
+    return evaluate_recall(tester, eval_sets, splits_to_eval, model, state["epoch"])
 
 
 def build_record_keeper(folder: Path):
@@ -340,11 +399,12 @@ def machine() -> dict:
 class Runner:
     """One training run of a config: ``Runner(config, data_root).run()``.
 
-    Output folder (``output.dir``, ``{name}`` filled in): ``last.pt`` after every epoch,
-    ``best.pt`` at the best ``eval.primary_metric``, ``results.json`` after every epoch,
-    ``curves.png`` (loss and Recall@K per epoch), PML record-keeper logs. Under ``torchrun``
-    (``WORLD_SIZE`` > 1) it runs DDP (NCCL on GPU, gloo on CPU) with
-    :class:`DistributedLossWrapper`; rank 0 evaluates and writes.
+    Output folder (``output.dir``, ``{name}`` filled in): ``config.yaml`` when the run starts,
+    ``last.pt`` after every epoch, ``best.pt`` (a copy of ``last.pt``) at the best
+    ``eval.primary_metric``, ``results.json`` after every epoch, ``curves.png`` (loss and
+    Recall@K per epoch), PML record-keeper logs. Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs
+    DDP (NCCL on GPU, gloo on CPU) with :class:`DistributedLossWrapper`; rank 0 evaluates and
+    writes.
 
     Args:
         config: a validated config (:func:`~pml_hyper.training.config.load_config`).
@@ -369,16 +429,11 @@ class Runner:
         self.resume = resume
         self.out_dir = Path(config["output"]["dir"].format(name=config["name"]))
         self.rank, self.world_size = self._init_distributed()
-        if device is None:
-            cuda = torch.cuda.is_available()
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         seed_everything(config["seed"])
         self.train_set, self.eval_sets, self.splits_to_eval = build_datasets(config, data_root)
         self.num_classes = int(np.max(self.train_set.labels)) + 1
-        self.model = build_model(config).to(self.device)
-        if config["precision"]["channels_last"]:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = build_model_on(config, self.device)
         self.loss_terms = [t.to(self.device) for t in build_loss_terms(config, self.num_classes)]
         self.loss = combine_losses(config, self.loss_terms)
         self.history: list[dict] = []
@@ -506,7 +561,9 @@ class Runner:
             extra = {"history": self.history, "best": self.best, "config": self.config}
             trainer.save_checkpoint(self.out_dir / LAST, **extra)
             if is_best:
-                trainer.save_checkpoint(self.out_dir / BEST, **extra)
+                write_atomically(
+                    self.out_dir / BEST, functools.partial(shutil.copyfile, self.out_dir / LAST)
+                )
             self.write_results("running")
         if self.world_size > 1:
             dist.barrier()
@@ -514,15 +571,7 @@ class Runner:
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         """Recall@K of the current model on the evaluation split(s)."""
-        accuracies = self.tester.test(
-            self.eval_sets, epoch, self.model, torch.nn.Identity(), self.splits_to_eval
-        )
-        query = self.splits_to_eval[0][0]
-        return {
-            k.removesuffix("_level0"): float(v)
-            for k, v in accuracies[query].items()
-            if k.startswith("recall_at_")
-        }
+        return evaluate_recall(self.tester, self.eval_sets, self.splits_to_eval, self.model, epoch)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
@@ -540,6 +589,9 @@ class Runner:
             state = load_checkpoint(path, self.device)
             start = self.trainer.load_state_dict(state)
             self.history, self.best = state["history"], state["best"]
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(dump_config(self.config))
         try:
             if start <= self.config["schedule"]["epochs"]:
                 self.trainer.train(start, self.config["schedule"]["epochs"])
@@ -571,7 +623,6 @@ class Runner:
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "results.json").write_text(json.dumps(results, indent=2))
-        (self.out_dir / "config.yaml").write_text(dump_config(self.config))
         if self.config["output"]["plots"] and self.history:
             plot_curves(self.history, self.out_dir / "curves.png", self.config["name"])
         return results

@@ -3,8 +3,9 @@ hist.md §5; hier.md §8)."""
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -232,7 +233,6 @@ class MetricLossTrainer(MetricLossOnly):
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
             "lr_schedulers": {k: v.state_dict() for k, v in self.lr_schedulers.items()},
             "scaler": self.scaler.state_dict(),
-            "sampler_epoch": getattr(self.sampler, "epoch", self.epoch),
             "rng": rng_state(),
         }
 
@@ -245,23 +245,27 @@ class MetricLossTrainer(MetricLossOnly):
             for key, obj in getattr(self, group).items():
                 obj.load_state_dict(state[group][key])
         self.scaler.load_state_dict(state["scaler"])
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(state["sampler_epoch"])
         set_rng_state(state["rng"])
         self.epoch = state["epoch"]
         return self.epoch + 1
 
     def save_checkpoint(self, path: str | Path, **extra) -> None:
         """Write :meth:`state_dict` (plus ``extra`` entries) atomically to ``path``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(path.suffix + ".partial")
-        torch.save({**self.state_dict(), **extra}, partial)
-        partial.replace(path)
+        write_atomically(path, functools.partial(torch.save, {**self.state_dict(), **extra}))
 
     def load_checkpoint(self, path: str | Path) -> int:
         """Load a :meth:`save_checkpoint` file; returns the epoch to continue from."""
         return self.load_state_dict(load_checkpoint(path, self.data_device))
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Call ``write`` on ``<path>.partial``, then rename that file to ``path`` (an interrupted
+    write never leaves a truncated ``path``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".partial")
+    write(partial)
+    partial.replace(path)
 
 
 def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict:

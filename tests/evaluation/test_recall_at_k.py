@@ -7,17 +7,19 @@ from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
 from pytorch_metric_learning.testers import GlobalEmbeddingSpaceTester
 from pytorch_metric_learning.utils.inference import CustomKNN, FaissKNN
 
-from pml_hyper.evaluation import CUB_CARS_K_VALUES, INSHOP_K_VALUES, SOP_K_VALUES, RecallAtK
+from pml_hyper.evaluation import (
+    CUB_CARS_K_VALUES,
+    INSHOP_K_VALUES,
+    SOP_K_VALUES,
+    RecallAtK,
+    recall_metric_names,
+)
 from pml_hyper.knn import HyperbolicKNN
 from pml_hyper.layers import ToPoincare
 
 CPU = torch.device("cpu")
 K_LISTS = {"cub_cars": CUB_CARS_K_VALUES, "sop": SOP_K_VALUES, "inshop": INSHOP_K_VALUES}
 C = 0.1
-
-
-def recall_names(k_values):
-    return tuple(f"recall_at_{k}" for k in k_values)
 
 
 def make_data(geometry, n, num_classes, seed, dim=8):
@@ -47,7 +49,8 @@ def brute_force_recall(geometry, k_values, query, query_labels, reference=None, 
     if all_vs_all:
         dist.fill_diagonal_(float("inf"))
     same = labels[dist.argsort(dim=1)] == query_labels[:, None]
-    return {f"recall_at_{k}": same[:, :k].any(dim=1).double().mean().item() for k in k_values}
+    recalls = (same[:, :k].any(dim=1).double().mean().item() for k in k_values)
+    return dict(zip(recall_metric_names(k_values), recalls, strict=True))
 
 
 KNN_FUNCS = {
@@ -67,7 +70,7 @@ def test_matches_brute_force(knn, k_list, protocol):
     n = 1100 if k_list == "sop" else 300
     x, y = make_data(geometry, n, num_classes=n // 4, seed=len(knn) + n)
     calculator = RecallAtK(
-        k_values, knn_func=KNN_FUNCS[knn](), include=recall_names(k_values), device=CPU
+        k_values, knn_func=KNN_FUNCS[knn](), include=recall_metric_names(k_values), device=CPU
     )
     if protocol == "all_vs_all":
         got = calculator.get_accuracy(x, y)
@@ -78,6 +81,12 @@ def test_matches_brute_force(knn, k_list, protocol):
         got = calculator.get_accuracy(xq, yq, xg, yg)
         expected = brute_force_recall(geometry, k_values, xq, yq, xg, yg)
     assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_recall_metric_names_without_and_with_an_instance():
+    assert recall_metric_names((1, 10, 100)) == ["recall_at_1", "recall_at_10", "recall_at_100"]
+    calculator = RecallAtK((8, 1, 2), knn_func=KNN_FUNCS["cosine"](), device=CPU)
+    assert calculator.recall_metric_names() == recall_metric_names((1, 2, 8))
 
 
 def test_recall_at_1_equals_precision_at_1():
@@ -159,7 +168,7 @@ def test_pml_tester_with_hyperbolic_knn(protocol):
         "gallery": torch.utils.data.TensorDataset(x[80:], y[80:]),
     }
     calculator = RecallAtK(
-        INSHOP_K_VALUES, knn_func=HyperbolicKNN(c=C), include=recall_names(INSHOP_K_VALUES)
+        INSHOP_K_VALUES, knn_func=HyperbolicKNN(c=C), include=recall_metric_names(INSHOP_K_VALUES)
     )
     tester = GlobalEmbeddingSpaceTester(
         normalize_embeddings=False,
@@ -196,11 +205,9 @@ def test_reproduces_official_recall(hier_golden, case):
         knn, x = HyperbolicKNN(c=entry["hyp_c"]), entry["x"]
     else:
         knn, x = CustomKNN(CosineSimilarity()), torch.nn.functional.normalize(entry["x"], dim=1)
-    calculator = RecallAtK(k_values, knn_func=knn, include=recall_names(k_values), device=CPU)
-    got = calculator.get_accuracy(x, entry["y"])
-    assert [got[name] for name in recall_names(k_values)] == ast.literal_eval(
-        entry["recall_list_printed"]
-    )
+    names = recall_metric_names(k_values)
+    got = RecallAtK(k_values, knn_func=knn, include=names, device=CPU).get_accuracy(x, entry["y"])
+    assert [got[name] for name in names] == ast.literal_eval(entry["recall_list_printed"])
 
 
 @pytest.mark.parametrize("quirk", [True, False])
@@ -209,12 +216,12 @@ def test_reproduces_official_inshop_recall_with_the_quirk(hier_golden, quirk):
     calculator = RecallAtK(
         INSHOP_K_VALUES,
         knn_func=HyperbolicKNN(c=entry["hyp_c"]),
-        include=recall_names(INSHOP_K_VALUES),
+        include=recall_metric_names(INSHOP_K_VALUES),
         official_inshop_mask=quirk,
         device=CPU,
     )
     got = calculator.get_accuracy(entry["xq"], entry["yq"], entry["xg"], entry["yg"])
-    got = [got[name] for name in recall_names(INSHOP_K_VALUES)]
+    got = [got[name] for name in recall_metric_names(INSHOP_K_VALUES)]
     official = ast.literal_eval(entry["recall_list_printed"])
     if quirk:
         assert got == official

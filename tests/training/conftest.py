@@ -1,6 +1,10 @@
 """Tiny synthetic configs for the training tests (CPU, seconds per run)."""
 
+import copy
+
 import pytest
+
+from pml_hyper.training.demo import RECIPES as DEMO_RECIPES
 
 SYNTHETIC = {"num_classes": 6, "images_per_class": 8, "image_size": 16}
 
@@ -37,24 +41,11 @@ RECIPES = {
         "schedule": {"warmup_epochs": 1, "warmup_freeze": "lr", "decay_counts_warmup": True},
         "gradients": {"clamp": 10.0},
     },
-    "hyp": {
-        "model": {"head": "hyp"},
+    "hyp": {  # the demo's head, loss and gradient clip
+        **DEMO_RECIPES["Hyp"],
         "data": {"sampler": "unique_class"},
-        "loss": {
-            "terms": [
-                {
-                    "type": "NTXentLoss",
-                    "weight": 2.0,
-                    "kwargs": {
-                        "temperature": 0.2,
-                        "distance": {"type": "PoincareDistance", "c": 0.1},
-                    },
-                }
-            ]
-        },
         "optimizer": {"name": "adamw", "lr": 1.0e-3},
         "schedule": {"lr_decay": "cosine"},
-        "gradients": {"max_norm": 3.0},
     },
 }
 
@@ -76,7 +67,7 @@ def recipe_config(recipe: str, out_dir, epochs: int = 3) -> dict:
         "eval": {"k_values": [1, 2, 4]},
         "output": {"dir": str(out_dir / "{name}"), "progress_bar": False, "plots": False},
     }
-    for section, values in RECIPES[recipe].items():
+    for section, values in copy.deepcopy(RECIPES[recipe]).items():
         raw.setdefault(section, {}).update(values)
     return raw
 

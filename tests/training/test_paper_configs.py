@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pml_hyper.evaluation import recall_metric_names
 from pml_hyper.training import load_config
 from pml_hyper.training.runner import (
     build_loss_terms,
@@ -68,3 +69,11 @@ def test_recipe_builds(path):
         lambdas = lr_lambdas(config, 10, [g["name"] for g in groups])
         torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     build_tester(config)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_paper_metrics_are_evaluated(path):
+    config = load_config(path)
+    evaluated = recall_metric_names(config["eval"]["k_values"])
+    assert set(config["paper"]["metrics"]) <= set(evaluated)
+    assert config["eval"]["primary_metric"] in evaluated

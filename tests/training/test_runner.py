@@ -8,6 +8,7 @@ import yaml
 
 from pml_hyper.cli import main
 from pml_hyper.training import NonFiniteLossError, Runner, build_config
+from pml_hyper.training import runner as runner_module
 
 
 @pytest.mark.parametrize("recipe", ["hist", "pa_hier", "hyp"])
@@ -33,6 +34,52 @@ def test_cli_train_then_evaluate(make_config, tmp_path, capsys):
     out = capsys.readouterr().out
     best = json.loads((tmp_path / "smoke_hist" / "results.json").read_text())["best"]
     assert f"recall_at_1: {100 * best['metrics']['recall_at_1']:.2f}" in out
+
+
+def test_cli_evaluate_reads_only_the_weights_and_needs_no_root(make_config, tmp_path, capsys):
+    config_file = tmp_path / "hist.yaml"
+    config_file.write_text(yaml.safe_dump(make_config("hist", epochs=2)))
+    assert main(["train", str(config_file), "--set", "schedule.warmup_epochs=0"]) == 0
+    state = torch.load(tmp_path / "smoke_hist" / "best.pt", weights_only=True)
+    weights = tmp_path / "weights.pt"
+    torch.save({key: state[key] for key in ("epoch", "models", "config")}, weights)
+    capsys.readouterr()
+    assert main(["evaluate", str(weights)]) == 0
+    best = json.loads((tmp_path / "smoke_hist" / "results.json").read_text())["best"]
+    expected = "".join(f"{name}: {100 * v:.2f}\n" for name, v in best["metrics"].items())
+    assert capsys.readouterr().out == expected
+    assert main(["evaluate", str(weights), "--set", "data.dataset=cub200"]) == 2
+    assert "--data-root" in capsys.readouterr().err
+
+
+def test_checkpoints_best_copies_last_and_config_written_once(make_config, monkeypatch):
+    runner = Runner(build_config(make_config("hist")))
+    saved: dict[int, bytes] = {}
+    save = runner.trainer.save_checkpoint
+
+    def save_and_record(path, **extra):
+        assert path == runner.out_dir / "last.pt"
+        save(path, **extra)
+        saved[runner.trainer.epoch] = path.read_bytes()
+
+    dumps = []
+    dump_config = runner_module.dump_config
+
+    def dump_and_count(config):
+        dumps.append(config)
+        return dump_config(config)
+
+    monkeypatch.setattr(runner.trainer, "save_checkpoint", save_and_record)
+    monkeypatch.setattr(runner_module, "dump_config", dump_and_count)
+    results = runner.run()
+    assert sorted(saved) == [1, 2, 3] and len(dumps) == 1
+    assert (runner.out_dir / "best.pt").read_bytes() == saved[results["best"]["epoch"]]
+    assert not list(runner.out_dir.glob("*.partial"))
+    state = torch.load(runner.out_dir / "last.pt", weights_only=True)
+    assert set(state) == {
+        *("epoch", "models", "loss_funcs", "optimizers", "lr_schedulers", "scaler", "rng"),
+        *("history", "best", "config"),
+    }
 
 
 def test_proxies_stay_float32_under_bf16(make_config):
