@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import inspect
 import json
 import os
 import statistics
@@ -239,23 +240,16 @@ class ReferenceLoss(torch.nn.Module):
         super().__init__()
         dim = config["model"]["embedding_size"]
         terms = build_loss_terms(config, num_classes)
+        originals = {
+            "HISTLoss": (HISTReference, num_classes, dim),
+            "HIERLoss": (HIERReference, dim),
+        }
         for i, spec in enumerate(config["loss"]["terms"]):
-            kwargs = spec["kwargs"]
-            if spec["type"] == "HISTLoss":
-                keys = ("hidden_size", "tau", "alpha", "lambda_s")
-                picked = {k: kwargs[k] for k in keys if k in kwargs}
-                terms[i] = HISTReference(num_classes, dim, **picked)
-            elif spec["type"] == "HIERLoss":
-                keys = (
-                    "num_proxies",
-                    "margin",
-                    "tau",
-                    "c",
-                    "clip_r",
-                    "topk",
-                    "triplets_per_anchor",
-                )
-                terms[i] = HIERReference(dim, **{k: kwargs[k] for k in keys if k in kwargs})
+            if spec["type"] in originals:
+                cls, *args = originals[spec["type"]]
+                accepted = inspect.signature(cls).parameters
+                kwargs = {k: v for k, v in spec["kwargs"].items() if k in accepted}
+                terms[i] = cls(*args, **kwargs)
         self.terms = torch.nn.ModuleList(terms)
         self.weights = [spec["weight"] for spec in config["loss"]["terms"]]
 

@@ -70,6 +70,16 @@ def test_reference_loss_equals_ours_for_hist_with_the_same_parameters():
     assert reference(embeddings, labels).item() == pytest.approx(expected.item(), rel=1e-9)
 
 
+def test_reference_loss_swaps_only_the_papers_losses():
+    config = gpu_suite.recipe_config("hier_cub_r50", tiny=True)
+    reference = gpu_suite.ReferenceLoss(config, num_classes=20)
+    proxy_anchor, hier = reference.terms
+    assert type(proxy_anchor).__name__ == "ProxyAnchorLoss"
+    assert isinstance(hier, gpu_suite.HIERReference) and hier.lcas.shape == (32, 32)
+    assert (hier.topk, hier.triplets_per_anchor) == (20, 50)
+    assert reference.weights == [1.0, 0.5]
+
+
 def test_synthetic_batch_follows_the_sampler():
     hier = gpu_suite.recipe_config("hier_cub_r50", tiny=True)
     images, labels = gpu_suite.synthetic_batch(hier, 20, CPU, seed=0)
