@@ -130,3 +130,24 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
         Runner(config)
     with pytest.raises(ValueError, match="--data-root"):
         Runner(build_config({"data": {"dataset": "cub200"}}))
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ),
+    ],
+)
+def test_optimizer_is_fused_exactly_when_every_parameter_is_on_cuda(device):
+    config = build_config({"optimizer": {"name": "adamw"}})
+    params = [torch.nn.Parameter(torch.randn(3, device=device)) for _ in range(2)]
+    optimizer = runner_module.make_optimizer(config, [{"params": params}])
+    assert bool(optimizer.defaults["fused"]) == (device == "cuda")
+    params[0].grad, params[1].grad = torch.ones_like(params[0]), torch.ones_like(params[1])
+    before = params[0].detach().clone()
+    optimizer.step()
+    assert not torch.equal(params[0].detach(), before)
