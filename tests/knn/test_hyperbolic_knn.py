@@ -62,15 +62,24 @@ def spy_float64_search(monkeypatch) -> list[int]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_near_ties_fall_back_to_float64_and_stay_exact(backend, monkeypatch):
-    """With no spare candidates, float32 cannot certify any query: every query is redone."""
+@pytest.mark.parametrize(
+    "n_ref, n_query, k, spread, seed",
+    [(800, 50, 5, 2.0, 7), (4000, 30, 300, 1.0, 4)],
+    ids=["small-k", "large-k-candidates"],
+)
+def test_near_ties_fall_back_to_float64_and_stay_exact(
+    backend, n_ref, n_query, k, spread, seed, monkeypatch
+):
+    """With no spare candidates, float32 cannot certify any query: every query is redone (for
+    small k and on the large-k candidate path, k + rerank < N / 10)."""
     redone = spy_float64_search(monkeypatch)
-    ref = ball_points(800, 16, torch.float64, spread=2.0)
-    query = ball_points(50, 16, torch.float64, spread=2.0, seed=7)
-    d, i = HyperbolicKNN(backend=backend, rerank=0)(query, 5, ref)
-    d_ref, i_ref = CustomKNN(PoincareDistance())(query, 5, ref)
-    assert redone == [50]
+    ref = ball_points(n_ref, 16, torch.float64, spread=spread)
+    query = ball_points(n_query, 16, torch.float64, spread=spread, seed=seed)
+    d, i = HyperbolicKNN(backend=backend, rerank=0)(query, k, ref)
+    d_ref, i_ref = CustomKNN(PoincareDistance())(query, k, ref)
+    assert redone == [n_query]
     assert torch.equal(i, i_ref)
+    torch.testing.assert_close(d, d_ref, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -82,12 +91,146 @@ def test_random_data_is_certified_without_fallback(backend, monkeypatch):
 
 
 def test_large_k_uses_float64_brute_force(monkeypatch):
+    """k + rerank ≥ N / 10: one float64 GEMM pass instead of the float32 search."""
     redone = spy_float64_search(monkeypatch)
     ref = ball_points(1000, 8, torch.float64)
     d, i = HyperbolicKNN()(ref[:40], 200, ref)
     d_ref, i_ref = CustomKNN(PoincareDistance())(ref[:40], 200, ref)
     assert redone == [40]
     torch.testing.assert_close(d, d_ref, rtol=1e-12, atol=1e-12)
+
+
+def poincare_distances_acosh(x: torch.Tensor, y: torch.Tensor, c: float = 0.1) -> torch.Tensor:
+    """Float64 reference distances from coordinate differences through arcosh: accurate at zero
+    and near the boundary, where the artanh form of PoincareDistance saturates."""
+    x, y = x.double(), y.double()
+    e2 = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").square()
+    z = 2 * c * e2 / ((1 - c * x.pow(2).sum(1))[:, None] * (1 - c * y.pow(2).sum(1)))
+    return torch.log1p(z + torch.sqrt(z * (z + 2))) / math.sqrt(c)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_k_candidate_path_is_certified(backend, dtype, monkeypatch):
+    """k + rerank < N / 10: float32 candidates, float64 re-ranking, no brute force."""
+    redone = spy_float64_search(monkeypatch)
+    ref = ball_points(4000, 16, dtype, spread=1.0)
+    d, i = HyperbolicKNN(backend=backend)(ref[:60], 300, ref, True)
+    d_ref, i_ref = CustomKNN(PoincareDistance())(ref[:60].double(), 300, ref.double(), True)
+    assert redone == [] and d.dtype == dtype
+    assert torch.equal(i, i_ref)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(d.double(), d_ref, rtol=tol, atol=tol)
+
+
+def test_float64_distances_only_for_candidates_that_can_be_nearest(monkeypatch):
+    """Candidates whose float32 score is more than twice the error bound below the k-th are
+    dropped before the float64 inner products."""
+    widths = []
+    original = hyperbolic_knn._candidate_inner
+
+    def spy(x, y, cand):
+        widths.append(cand.shape[1])
+        return original(x, y, cand)
+
+    monkeypatch.setattr(hyperbolic_knn, "_candidate_inner", spy)
+    ref = ball_points(3000, 32, torch.float64)
+    d, i = HyperbolicKNN(backend="torch")(ref[:200], 10, ref, True)
+    d_ref, i_ref = CustomKNN(PoincareDistance())(ref[:200], 10, ref, True)
+    assert torch.equal(i, i_ref)
+    assert len(widths) == 1 and 11 <= widths[0] < 11 + 16
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("brute_force", [False, True])
+def test_near_duplicates_rank_exactly(backend, brute_force, monkeypatch):
+    """Exact duplicates (distance 0) come before points 1e-9 away, in both search paths."""
+    if brute_force:
+        monkeypatch.setattr(hyperbolic_knn, "PAIRS_PER_GEMM_ROW", 10**9)
+    ref = ball_points(1000, 16, torch.float64)
+    ref[500:520] = ref[:20]
+    ref[520:540] = ref[:20] * (1 + 1e-9)
+    query = torch.cat([ref[520:540], ref[:20]])  # the near duplicates are listed first
+    d, i = HyperbolicKNN(backend=backend)(query, 2, ref)
+    exact = poincare_distances_acosh(query, ref)
+    d_ref = exact.sort(1).values[:, :2]
+    assert (d[20:, :2] == 0).all() and (d[:20, 0] == 0).all()
+    torch.testing.assert_close(exact.gather(1, i), d_ref, rtol=0, atol=1e-15)
+    torch.testing.assert_close(d, d_ref, rtol=1e-12, atol=1e-15)
+
+
+def test_crowded_queries_search_from_coordinate_differences(monkeypatch):
+    """More than k + 1 references within NEAR_ZERO: t cannot rank them, so those queries are
+    searched again with distances from coordinate differences."""
+    crowded = []
+    original = HyperbolicKNN._crowded_search
+
+    def spy(self, x, *args):
+        crowded.append(len(x))
+        return original(self, x, *args)
+
+    monkeypatch.setattr(HyperbolicKNN, "_crowded_search", spy)
+    g = torch.Generator().manual_seed(5)
+    ref = ball_points(600, 8, torch.float64)
+    ref[100:130] = ref[0]
+    ref[130:160] = ref[0] * (1 + 1e-9 * torch.rand(30, 1, generator=g, dtype=torch.float64))
+    d, i = HyperbolicKNN()(ref[:5], 40, ref)
+    exact = poincare_distances_acosh(ref[:5], ref)
+    d_ref = exact.sort(1).values[:, :40]
+    assert crowded == [1]
+    torch.testing.assert_close(exact.gather(1, i), d_ref, rtol=0, atol=1e-15)
+    torch.testing.assert_close(d, d_ref, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [5, 300])
+def test_points_near_the_boundary(backend, k):
+    """Distances above 40 (radius 0.999 to 0.9999): exact where the artanh form saturates."""
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(4000, 8, generator=g, dtype=torch.float64)
+    radius = 0.999 + 0.0009 * torch.rand(4000, 1, generator=g, dtype=torch.float64)
+    ref = u / u.norm(dim=1, keepdim=True) * radius / math.sqrt(0.1)
+    d, i = HyperbolicKNN(backend=backend)(ref[:50], k, ref, True)
+    exact = poincare_distances_acosh(ref[:50], ref)
+    exact.fill_diagonal_(float("inf"))
+    d_ref, i_ref = exact.sort(1)
+    assert d_ref[:, k - 1].median() > 40
+    assert torch.equal(i, i_ref[:, :k])
+    torch.testing.assert_close(d, d_ref[:, :k], rtol=1e-11, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [4, 60])
+def test_small_blocks_and_chunks(dtype, k, monkeypatch):
+    """Many float64 reference blocks and query chunks give the same neighbours."""
+    monkeypatch.setattr(hyperbolic_knn, "BLOCK_BYTES", 8 * 16 * 37)
+    monkeypatch.setattr(hyperbolic_knn, "CHUNK_BYTES", 8 * 700 * 23)
+    ref = ball_points(700, 16, dtype, spread=1.0)
+    query = ball_points(90, 16, dtype, spread=1.0, seed=6)
+    for reference_rows in (ref, ref.flip(0)):
+        d, i = HyperbolicKNN(backend="torch", rerank=0 if k == 60 else 16)(query, k, reference_rows)
+        d_ref, i_ref = CustomKNN(PoincareDistance())(query.double(), k, reference_rows.double())
+        assert torch.equal(i, i_ref)
+        tol = 1e-12 if dtype == torch.float64 else 1e-6
+        torch.testing.assert_close(d.double(), d_ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_query(backend):
+    ref = ball_points(500, 8)
+    d, i = HyperbolicKNN(backend=backend)(ref[:0], 3, ref)
+    assert d.shape == i.shape == (0, 3)
+
+
+def test_query_view_of_reference_shares_the_lift():
+    """A query that is reference[:Nq] (a view) gives the same result as a copy of those rows."""
+    ref = ball_points(2000, 16)
+    view = HyperbolicKNN()(ref[:100], 10, ref)
+    copy = HyperbolicKNN()(ref[:100].clone(), 10, ref)
+    assert hyperbolic_knn._is_leading_rows(ref[:100], ref)
+    assert not hyperbolic_knn._is_leading_rows(ref[:100].clone(), ref)
+    assert not hyperbolic_knn._is_leading_rows(ref[1:101], ref)
+    assert torch.equal(view[0], copy[0]) and torch.equal(view[1], copy[1])
 
 
 def test_k_covering_all_references():
@@ -152,6 +295,11 @@ def test_inference_model_index(tmp_path):
     assert torch.equal(other.reference, knn.reference)
     with pytest.raises(ValueError, match="c=0.3"):
         HyperbolicKNN(c=0.3).load(path)
+    outside = ref.clone()
+    outside[7] *= 10
+    torch.save({"c": 0.1, "reference": outside}, path)
+    with pytest.raises(ValueError, match=r"reference rows \[7\] lie on or outside"):
+        HyperbolicKNN().load(path)
 
 
 @pytest.mark.parametrize(
