@@ -39,7 +39,6 @@ import datetime
 import inspect
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -50,7 +49,7 @@ import loss_speed
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import RESULTS_DIR, machine_info, utc_now, versions, write_results
+from common import RESULTS_DIR, machine_info, sync, time_calls, utc_now, versions, write_results
 from knn_speed import make_clustered
 from PIL import Image
 from reference.hier_reference import HIERReference
@@ -59,7 +58,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pml_hyper.data import BaseImageDataset, train_transform
 from pml_hyper.data.transforms import INTERPOLATIONS
-from pml_hyper.evaluation import SOP_K_VALUES
 from pml_hyper.layers import ToPoincare
 from pml_hyper.models.backbones import backbone_spec
 from pml_hyper.training.config import load_config
@@ -97,33 +95,6 @@ gradient written, then Adam reads parameter, gradient and two moments and writes
 
 
 # --------------------------------------------------------------------------------- timing
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median and min seconds of ``fn`` over ``repeats`` calls after ``warmup`` calls (CUDA
-    events on a GPU)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            start_s = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start_s)
-    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
-
-
 def timed_with_memory(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int):
     """:func:`time_calls` plus the peak device memory of the calls (GPU only)."""
     if device.type == "cuda":
@@ -573,26 +544,27 @@ def dense_recall(
 
 def evaluation_section(args, device: torch.device, ceilings: dict) -> list[dict]:
     n, dim = (3000, 32) if args.tiny else (60502, 512)
-    k_values = list(SOP_K_VALUES)
     features, labels = make_clustered(n, dim, args.seed)
     labels = labels.to(device)
     rows = []
-    for metric, head, chunk in (("cosine", "hist", 10001), ("hyperbolic", "hier", 5000)):
-        ball = ToPoincare(c=0.1, clip_r=2.3, riemannian=False)
-        x = features if metric == "cosine" else ball(features)
-        x = x.to(device)
-        config = {
-            "model": {"head": head, "head_kwargs": {"c": 0.1}},
-            "eval": {"k_values": k_values},
-            "data": {"eval_batch_size": 128, "num_workers": 0},
-        }
+    # the SOP recipes' testers; the papers' evaluation chunks (HIST 10,001 rows, HIER 5,000)
+    cases = (("cosine", "hist_sop_r50", 10001), ("hyperbolic", "hier_sop_r50", 5000))
+    for metric, recipe, chunk in cases:
+        config = recipe_config(recipe, tiny=False)
+        k_values = config["eval"]["k_values"]
+        if metric == "cosine":
+            x = features.to(device)
+        else:
+            head = config["model"]["head_kwargs"]
+            ball = ToPoincare(c=head["c"], clip_r=head["clip_r"], riemannian=False)
+            x = ball(features).to(device)
         calculator = build_tester(config, device=device).accuracy_calculator
 
         def ours(metric=metric, x=x, calculator=calculator) -> dict:
             embeddings = F.normalize(x, dim=1) if metric == "cosine" else x
             return {k: float(v) for k, v in calculator.get_accuracy(embeddings, labels).items()}
 
-        def reference(metric=metric, x=x, chunk=chunk) -> dict:
+        def reference(metric=metric, x=x, chunk=chunk, k_values=k_values) -> dict:
             return dense_recall(x, labels, k_values, metric, chunk)
 
         print(f"evaluation {metric} ...", file=sys.stderr, flush=True)

@@ -19,11 +19,10 @@ Exactness is checked on the CustomKNN queries against a float64 brute force. Res
 import argparse
 import functools
 import sys
-import time
 from pathlib import Path
 
 import torch
-from common import RESULTS_DIR, machine_info, utc_now, versions, write_results
+from common import RESULTS_DIR, machine_info, time_calls, utc_now, versions, write_results
 from pytorch_metric_learning.utils.inference import CustomKNN
 
 from pml_hyper.distances import PoincareDistance
@@ -51,16 +50,10 @@ def make_embeddings(n: int, dim: int, device: torch.device, seed: int) -> torch.
 
 
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times), out
+    """Best of ``repeats`` timed calls of ``fn`` and the last call's output."""
+    outputs = []
+    seconds = time_calls(lambda: outputs.append(fn()), device, 0, repeats)["min_s"]
+    return seconds, outputs[-1]
 
 
 def run_case(args, n: int, k: int, device: torch.device) -> dict:

@@ -17,10 +17,8 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,8 @@ from common import (
     RESULTS_DIR,
     available_memory_bytes,
     machine_info,
+    sync,
+    time_calls,
     utc_now,
     versions,
     write_results,
@@ -165,10 +165,6 @@ def run_worker(config: dict) -> dict:
     )
     amp = config["precision"] == "bf16"
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def step() -> float:
         module.zero_grad(set_to_none=True)
         x = embeddings.detach().requires_grad_()
@@ -177,21 +173,13 @@ def run_worker(config: dict) -> dict:
         loss.backward()
         return loss.item()
 
-    sync()
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base_alloc = torch.cuda.memory_allocated(device)
     base_rss, base_maxrss = current_rss_bytes(), max_rss_bytes()
     loss_value = step()  # warm-up; its peak counts (gradients are allocated there)
-    times = []
-    for _ in range(config["repeats"]):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    result = {"loss": loss_value, "times_s": times, "median_s": statistics.median(times)}
-    result["min_s"] = min(times)
+    result = {"loss": loss_value, **time_calls(step, device, 0, config["repeats"])}
     if device.type == "cuda":
         result["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) - base_alloc
     else:
@@ -277,7 +265,7 @@ def benchmark(args) -> dict:
             "step": "module.zero_grad(); loss = module(x, labels); loss.backward(); for "
             + bench.inputs,
             "time": f"median (and min) over repeats (ours: {args.repeats}, reference: "
-            f"{args.reference_repeats}) after one warm-up step, torch.cuda.synchronize on GPU; "
+            f"{args.reference_repeats}) after one warm-up step, CUDA events on GPU; "
             "speedup = reference median / ours median. On a shared machine the load averages "
             "recorded in `machine` and `load_average_after_1_5_15_min` tell how quiet it was.",
             "memory": "CPU: each case runs in a fresh subprocess; peak = ru_maxrss after the "
