@@ -1,4 +1,4 @@
-"""Train and eval image transforms of the papers' recipes, per backbone (hist.md §5.6, hier.md §9).
+"""Train and eval image transforms of the papers' recipes, per backbone (the released code).
 
 backbone                            mean / std  interpolation  train scale  source
 resnet50                            ImageNet    bilinear       (0.08, 1)    HIST
@@ -17,10 +17,17 @@ Eval: Resize(size / crop_pct) on the shorter side → CenterCrop(size) → ToTen
 (Resize(256) → CenterCrop(224) at the default ``crop_pct`` 0.875). HIER's ResNet-50 recipe used
 bicubic resizing: pass ``interpolation="bicubic"``. Images must already be RGB (the datasets
 convert them).
+
+The eval pipeline is timm's ``create_transform(is_training=False)``, which builds exactly this.
+The train pipeline stays torchvision's: timm's ``RandomResizedCropAndInterpolation`` draws its crops
+from Python's ``random`` module instead of torch's generator, so the crops would no longer follow
+``torch.manual_seed`` and the runner's bit-identical resume (and timm adds colour jitter by default,
+which none of the papers used).
 """
 
 from __future__ import annotations
 
+from timm.data import create_transform
 from torchvision import transforms as T
 
 from ..models.backbones import backbone_spec
@@ -84,13 +91,13 @@ def eval_transform(
     """
     if not 0 < crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    return T.Compose(
-        [
-            T.Resize(
-                round(image_size / crop_pct), interpolation=_interpolation(backbone, interpolation)
-            ),
-            T.CenterCrop(image_size),
-            T.ToTensor(),
-            _normalize(backbone),
-        ]
+    _interpolation(backbone, interpolation)  # validates the name
+    spec = backbone_spec(backbone)
+    return create_transform(
+        image_size,
+        is_training=False,
+        crop_pct=crop_pct,
+        interpolation=spec.interpolation if interpolation is None else interpolation,
+        mean=spec.mean,
+        std=spec.std,
     )

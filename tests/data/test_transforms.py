@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
@@ -12,7 +13,7 @@ from pml_hyper.models import BACKBONES
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 BILINEAR, BICUBIC = InterpolationMode.BILINEAR, InterpolationMode.BICUBIC
-# backbone: ((mean, std), interpolation, train scale), hist.md §5.6, hier.md §9
+# backbone: ((mean, std), interpolation, train scale) of the papers' released training code
 RECIPES = {
     "resnet50": (IMAGENET, BILINEAR, (0.08, 1.0)),
     "deit_small_distilled_patch16_224": (IMAGENET, BICUBIC, (0.2, 1.0)),
@@ -48,7 +49,8 @@ def test_train_transform_is_pinned(backbone):
 def test_eval_transform_is_pinned(backbone):
     (mean, std), interpolation, _ = RECIPES[backbone]
     evaluate = eval_transform(backbone)
-    assert kinds(evaluate) == [T.Resize, T.CenterCrop, T.ToTensor, T.Normalize]
+    expected = [T.Resize, T.CenterCrop, T.ToTensor, T.Normalize]
+    assert all(issubclass(got, want) for got, want in zip(kinds(evaluate), expected, strict=True))
     resize, centre, _, normalize = evaluate.transforms
     assert (resize.size, resize.max_size, resize.antialias) == (256, None, True)
     assert resize.interpolation == interpolation and centre.size == (224, 224)
@@ -70,3 +72,18 @@ def test_bad_arguments():
         train_transform("resnet50", interpolation="nearest")
     with pytest.raises(ValueError, match="unknown backbone"):
         eval_transform("resnet18")
+
+
+@pytest.mark.parametrize("backbone", list(RECIPES))
+def test_eval_transform_equals_the_torchvision_pipeline(backbone):
+    (mean, std), interpolation, _ = RECIPES[backbone]
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 260, 3), np.uint8))
+    reference = T.Compose(
+        [
+            T.Resize(256, interpolation=interpolation),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+    assert torch.equal(eval_transform(backbone)(image), reference(image))
