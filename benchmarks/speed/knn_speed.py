@@ -1,6 +1,6 @@
 """Exact hyperbolic kNN speed: HyperbolicKNN vs PML CustomKNN(PoincareDistance) vs Euclidean faiss.
 
-    python benchmarks/speed/knn_speed.py --device cpu
+    python -m benchmarks.speed.knn_speed --device cpu
 
 For each reference-set size N and each k, the first ``--queries`` reference points are searched
 against all N (SOP-style self-retrieval, ``ref_includes_query=True``):
@@ -22,13 +22,14 @@ import sys
 from pathlib import Path
 
 import torch
-from common import RESULTS_DIR, machine_info, time_calls, utc_now, versions, write_results
 from pytorch_metric_learning.utils.inference import CustomKNN
 
 from pml_hyper.distances import PoincareDistance
 from pml_hyper.knn import HyperbolicKNN
 from pml_hyper.knn.hyperbolic_knn import faiss_available
 from pml_hyper.layers import ToPoincare
+
+from .common import RESULTS_DIR, machine_info, time_calls, utc_now, versions, write_results
 
 
 def make_clustered(n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

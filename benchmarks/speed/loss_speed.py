@@ -3,7 +3,7 @@
 Forward + backward of the loss alone, at the papers' scales, for ``ours`` (``pml_hyper``) and
 ``reference`` (``benchmarks/speed/reference``, the original broadcast formulation)::
 
-    python benchmarks/speed/loss_speed.py --loss hist --device cpu
+    python -m benchmarks.speed.loss_speed --loss hist --device cpu
 
 Every (size, implementation, precision) runs in a fresh subprocess, so that its peak memory can be
 read from the process's own high-water mark. Results go to
@@ -25,7 +25,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import (
+
+from pml_hyper.layers import ToPoincare
+from pml_hyper.losses import HIERLoss, HISTLoss
+
+from .common import (
     RESULTS_DIR,
     available_memory_bytes,
     machine_info,
@@ -35,11 +39,8 @@ from common import (
     versions,
     write_results,
 )
-from reference.hier_reference import HIERReference
-from reference.hist_reference import HISTReference
-
-from pml_hyper.layers import ToPoincare
-from pml_hyper.losses import HIERLoss, HISTLoss
+from .reference.hier_reference import HIERReference
+from .reference.hist_reference import HISTReference
 
 HERE = Path(__file__).resolve().parent
 LOSS_RTOL = 1e-5
@@ -203,10 +204,10 @@ def run_case(args, impl: str, size: Size, precision: str, repeats: int) -> dict:
         "seed": args.seed,
     }
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(config)],
+        [sys.executable, "-m", "benchmarks.speed.loss_speed", "--worker", json.dumps(config)],
         capture_output=True,
         text=True,
-        cwd=HERE,
+        cwd=HERE.parent.parent,
     )
     if proc.returncode != 0:
         return {"error": f"exit status {proc.returncode}", "stderr_tail": proc.stderr[-2000:]}

@@ -1,4 +1,4 @@
-"""benchmarks/speed/gpu_suite.py: its pieces against independent computations, and the whole
+"""benchmarks.speed.gpu_suite: its pieces against independent computations, and the whole
 suite end to end at tiny sizes on the CPU (the GPU run itself needs the device)."""
 
 import json
@@ -12,14 +12,13 @@ import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.utils.inference import CustomKNN
 
+from benchmarks.speed.gpu import evaluation, measure, training
+from benchmarks.speed.knn_speed import make_clustered
 from pml_hyper.evaluation import RecallAtK
 from pml_hyper.knn import HyperbolicKNN
 from pml_hyper.layers import ToPoincare
 
-SPEED_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "speed"
-sys.path.insert(0, str(SPEED_DIR))
-import gpu_suite  # noqa: E402
-from knn_speed import make_clustered  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 CPU = torch.device("cpu")
 K_VALUES = (1, 2, 10, 100)
@@ -37,7 +36,7 @@ def test_dense_recall_equals_recall_at_k(metric):
         knn, chunk, query = HyperbolicKNN(c=0.1), 128, x
     expected = RecallAtK(K_VALUES, knn_func=knn, include=(), device=CPU)
     expected = expected.get_accuracy(query, labels, include=[f"recall_at_{k}" for k in K_VALUES])
-    got = gpu_suite.dense_recall(x, labels, K_VALUES, metric, chunk)
+    got = evaluation.dense_recall(x, labels, K_VALUES, metric, chunk)
     assert got == pytest.approx(expected, abs=1e-12)
     assert 0 < got["recall_at_1"] < got["recall_at_100"] <= 1
 
@@ -45,22 +44,22 @@ def test_dense_recall_equals_recall_at_k(metric):
 def test_floor_takes_the_slower_of_compute_and_memory():
     ceilings = {"bf16_matmul_flops_per_s": 1e12, "fp32_matmul_flops_per_s": 1e11}
     ceilings["copy_bytes_per_s"] = 1e9
-    compute = gpu_suite.floor(1e12, 1e8, "bf16", ceilings)
+    compute = measure.floor(1e12, 1e8, "bf16", ceilings)
     assert compute["floor_s"] == pytest.approx(1.0) and compute["bound"] == "compute"
-    memory = gpu_suite.floor(1e9, 5e9, "bf16", ceilings)
+    memory = measure.floor(1e9, 5e9, "bf16", ceilings)
     assert memory["floor_s"] == pytest.approx(5.0) and memory["bound"] == "memory"
     # tf32 is measured on CUDA only; elsewhere the fp32 rate stands in
-    assert gpu_suite.floor(1e11, 0, "tf32", ceilings)["floor_s"] == pytest.approx(1.0)
-    measured = gpu_suite.with_floor({"median_s": 3.0}, compute)
+    assert measure.floor(1e11, 0, "tf32", ceilings)["floor_s"] == pytest.approx(1.0)
+    measured = measure.with_floor({"median_s": 3.0}, compute)
     assert measured["measured_over_floor"] == pytest.approx(3.0)
 
 
 def test_reference_loss_equals_ours_for_hist_with_the_same_parameters():
-    config = gpu_suite.recipe_config("hist_cub_r50", tiny=True)
-    classes = gpu_suite.num_classes_of(config, tiny=True)
+    config = training.recipe_config("hist_cub_r50", tiny=True)
+    classes = training.num_classes_of(config, tiny=True)
     torch.manual_seed(0)
-    ours = gpu_suite.combine_losses(config, gpu_suite.build_loss_terms(config, classes))
-    reference = gpu_suite.ReferenceLoss(config, classes)
+    ours = training.combine_losses(config, training.build_loss_terms(config, classes))
+    reference = training.ReferenceLoss(config, classes)
     reference.terms[0].load_state_dict(ours.state_dict())
     ours.double(), reference.double()
     g = torch.Generator().manual_seed(1)
@@ -71,38 +70,38 @@ def test_reference_loss_equals_ours_for_hist_with_the_same_parameters():
 
 
 def test_reference_loss_swaps_only_the_papers_losses():
-    config = gpu_suite.recipe_config("hier_cub_r50", tiny=True)
-    reference = gpu_suite.ReferenceLoss(config, num_classes=20)
+    config = training.recipe_config("hier_cub_r50", tiny=True)
+    reference = training.ReferenceLoss(config, num_classes=20)
     proxy_anchor, hier = reference.terms
     assert type(proxy_anchor).__name__ == "ProxyAnchorLoss"
-    assert isinstance(hier, gpu_suite.HIERReference) and hier.lcas.shape == (32, 32)
+    assert isinstance(hier, training.HIERReference) and hier.lcas.shape == (32, 32)
     assert (hier.topk, hier.triplets_per_anchor) == (20, 50)
     assert reference.weights == [1.0, 0.5]
 
 
 def test_synthetic_batch_follows_the_sampler():
-    hier = gpu_suite.recipe_config("hier_cub_r50", tiny=True)
-    images, labels = gpu_suite.synthetic_batch(hier, 20, CPU, seed=0)
+    hier = training.recipe_config("hier_cub_r50", tiny=True)
+    images, labels = training.synthetic_batch(hier, 20, CPU, seed=0)
     assert images.shape == (24, 3, 32, 32)
     counts = torch.unique(labels, return_counts=True)[1]
     assert len(counts) == 12 and (counts == 2).all()
-    hist = gpu_suite.recipe_config("hist_cub_r50", tiny=True)
-    images, labels = gpu_suite.synthetic_batch(hist, 20, CPU, seed=0)
+    hist = training.recipe_config("hist_cub_r50", tiny=True)
+    images, labels = training.synthetic_batch(hist, 20, CPU, seed=0)
     assert images.shape == (8, 3, 32, 32) and labels.max() < 20
 
 
 def test_tiny_suite_end_to_end_and_render(tmp_path):
     out, md = tmp_path / "suite.json", tmp_path / "RESULTS.md"
-    command = [sys.executable, str(SPEED_DIR / "gpu_suite.py"), "--device", "cpu", "--tiny"]
+    command = [sys.executable, "-m", "benchmarks.speed.gpu_suite", "--device", "cpu", "--tiny"]
     command += ["--warmup", "1", "--repeats", "2", "--out", str(out), "--results-md", str(md)]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=SPEED_DIR, timeout=600)
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
 
     assert result["tiny"] and result["device"] == "cpu"
     assert result["ceilings"]["fp32_matmul_flops_per_s"] > 0
     assert result["ceilings"]["copy_bytes_per_s"] > 0
-    assert [r["recipe"] for r in result["training"]] == list(gpu_suite.TRAINING_RECIPES)
+    assert [r["recipe"] for r in result["training"]] == list(training.TRAINING_RECIPES)
     for row in result["training"]:
         variants = row["variants"]
         assert set(variants) == {"ours", "backbone_only", "reference"}
@@ -130,14 +129,14 @@ def test_tiny_suite_end_to_end_and_render(tmp_path):
 
     markdown = md.read_text()
     assert "tiny sizes, a smoke run" in markdown
-    for recipe in gpu_suite.TRAINING_RECIPES:
+    for recipe in training.TRAINING_RECIPES:
         assert f"| {recipe} |" in markdown
     assert proc.stdout.strip() == markdown.strip()
 
     again = tmp_path / "again.md"
-    render = [sys.executable, str(SPEED_DIR / "gpu_suite.py"), "--render", str(out)]
+    render = [sys.executable, "-m", "benchmarks.speed.gpu_suite", "--render", str(out)]
     proc = subprocess.run(
-        [*render, "--results-md", str(again)], capture_output=True, text=True, cwd=SPEED_DIR
+        [*render, "--results-md", str(again)], capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert again.read_text() == markdown
