@@ -10,6 +10,7 @@ import torch
 from pytorch_metric_learning.utils.inference import return_results
 
 from ..manifolds.poincare import PoincareBall
+from ..utils.checks import warn_if_unit_normalized
 
 BACKENDS = ("auto", "torch", "faiss")
 CHUNK_BYTES = 1 << 28
@@ -93,6 +94,7 @@ class HyperbolicKNN:
         embeddings = torch.as_tensor(embeddings).detach()
         self._check_2d(embeddings, "embeddings")
         self.ball.check_point(embeddings, "embeddings")
+        warn_if_unit_normalized(self, embeddings, self.c)
         if self.reference is None:
             self.reference = embeddings.clone()
         else:
@@ -153,9 +155,12 @@ class HyperbolicKNN:
                 + (" (one is the query itself)" if ref_includes_query else "")
             )
         leading = _is_leading_rows(query, reference)
-        # With ref_includes_query the queries are reference[:Nq] (PML's contract).
+        # With ref_includes_query the queries must be reference[:Nq] (PML's contract).
+        if ref_includes_query and not leading:
+            _check_query_leads_reference(query, reference)
         if not (ref_includes_query or leading):
             self.ball.check_point(query, "query")
+        warn_if_unit_normalized(self, query, self.c)
         if not stored:  # the stored set was checked by add() / load()
             self.ball.check_point(reference, "reference")
         out_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
@@ -338,6 +343,24 @@ def _is_leading_rows(query: torch.Tensor, reference: torch.Tensor) -> bool:
         and query.stride() == reference.stride()
         and len(query) <= len(reference)
     )
+
+
+def _check_query_leads_reference(query: torch.Tensor, reference: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``query`` (Nq, n) equals ``reference[:Nq]``."""
+    if len(query) > len(reference):
+        raise ValueError(
+            f"ref_includes_query=True needs the {len(query)} queries to be the first rows of "
+            f"the reference set, which has only {len(reference)} rows"
+        )
+    lead = reference[: len(query)].to(device=query.device, dtype=query.dtype)
+    differs = (query != lead).any(1)
+    if differs.any():
+        rows = differs.nonzero().squeeze(1)[:10].tolist()
+        raise ValueError(
+            "ref_includes_query=True means the queries are reference[:Nq] (PML's contract), "
+            f"but query rows {rows} differ from those reference rows; pass "
+            "ref_includes_query=False for a separate query set"
+        )
 
 
 def _float64_blocks(x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:

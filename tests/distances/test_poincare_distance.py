@@ -109,3 +109,21 @@ def test_bad_input():
         dist(torch.zeros(2, 3), outside)
     with pytest.raises(ValueError, match="outside"):
         dist.pairwise_distance(outside, outside)
+
+
+def test_warns_once_on_l2_normalized_inputs_in_a_pml_loss():
+    """``normalize_embeddings=True`` puts every point on the unit sphere, inside the ball for
+    c = 0.1: the distance warns once instead of silently computing on the sphere."""
+    import warnings
+
+    x, labels = clustered_ball_points()
+    distance = PoincareDistance(c=0.1, normalize_embeddings=True)
+    loss_fn = losses.ContrastiveLoss(distance=distance)
+    with pytest.warns(UserWarning, match="norm 1"):
+        loss_fn(x, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_fn(x, labels)  # once
+        losses.ContrastiveLoss(distance=PoincareDistance(c=0.1))(x, labels)  # not normalised
+        unit = torch.nn.functional.normalize(x)
+        PoincareDistance(c=0.1, check_inputs=False)(unit)  # checks off: silent
