@@ -231,7 +231,8 @@ class HIERLoss(BaseMetricLossFunction):
     - each part is :func:`hier_triplet_loss`; L_HIER = sample part + proxy part (§6).
 
     The paper's objective is L_metric + λ2·L_HIER with λ2 = 0.5, e.g. ``MultipleLosses(
-    [ProxyAnchorLoss(C, D, margin=0.1, alpha=32), HIERLoss(D)], weights=[1, 0.5])``.
+    {"pa": ProxyAnchorLoss(C, D, margin=0.1, alpha=32), "hier": HIERLoss(D)},
+    weights={"pa": 1, "hier": 0.5})`` (the dict form works with PML's logging presets).
     HIER's released scripts train θ with AdamW at 50× the base learning rate
     (:meth:`param_groups`).
 
