@@ -226,6 +226,15 @@ class PoincareBall:
         c = self.c
         return 1 - 2 * c * inner + c**2 * x2 * y2
 
+    def _stable_denominator(
+        self, diff_norm: torch.Tensor, x2: torch.Tensor, y2: torch.Tensor
+    ) -> torch.Tensor:
+        """den(x, y) = (1 - c‖x‖²)(1 - c‖y‖²) + c‖x - y‖², the same quantity as
+        :meth:`_denominator` without its cancellation near the boundary: every term is
+        non-negative inside the ball, so √c e/√den < 1 and coincident points give exactly 0."""
+        c = self.c
+        return (1 - c * x2) * (1 - c * y2) + c * diff_norm.pow(2)
+
     def dist_from_inner(
         self, inner: torch.Tensor, x_sqnorm: torch.Tensor, y_sqnorm: torch.Tensor
     ) -> torch.Tensor:
@@ -244,7 +253,11 @@ class PoincareBall:
         self.check_point(y, "y")
         with full_precision(x, y) as (x, y):
             e = torch.linalg.vector_norm(x - y, dim=-1)
-            den = self._denominator((x * y).sum(-1), x.pow(2).sum(-1), y.pow(2).sum(-1))
+            x2, y2 = x.pow(2).sum(-1), y.pow(2).sum(-1)
+            if self.official:
+                den = self._denominator((x * y).sum(-1), x2, y2)
+            else:
+                den = self._stable_denominator(e, x2, y2)
             return self._distance_from_parts(e, den)
 
     def dist0(self, x: torch.Tensor) -> torch.Tensor:
@@ -257,8 +270,10 @@ class PoincareBall:
         """Distance matrix D[i, j] = d_c(x_i, y_j): ``(N, n), (M, n) -> (N, M)``.
 
         O(N·M) memory: e = ‖x_i - y_j‖ from ``torch.cdist`` without the matrix-multiply
-        expansion (exact 0 and a zero gradient at coincident points), one Gram product for
-        den (hyperbolic.md §5.2). ``y=None`` means ``y = x``.
+        expansion (exact 0 and a zero gradient at coincident points), and
+        den = (1 - c‖x‖²)(1 - c‖y‖²) + c e², which has no cancellation, so distances stay finite
+        and self-distances exact up to the boundary (official mode: the papers' Gram form).
+        ``y=None`` means ``y = x``.
         """
         y_given = y is not None
         y = y if y_given else x
@@ -274,9 +289,11 @@ class PoincareBall:
             self.check_point(y, "y")
         with full_precision(x, y) as (x, y):
             e = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
-            den = self._denominator(
-                x @ y.T, x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1).unsqueeze(0)
-            )
+            x2, y2 = x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1).unsqueeze(0)
+            if self.official:
+                den = self._denominator(x @ y.T, x2, y2)
+            else:
+                den = self._stable_denominator(e, x2, y2)
             return self._distance_from_parts(e, den)
 
     # ------------------------------------------------------------------ Lorentz lift
