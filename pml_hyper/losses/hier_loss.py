@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import torch
 from pytorch_metric_learning.losses import BaseMetricLossFunction
+from pytorch_metric_learning.reducers import DoNothingReducer, MeanReducer
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
@@ -262,7 +263,9 @@ class HIERLoss(BaseMetricLossFunction):
             (§12 item 1); off by default.
         **kwargs: passed to ``BaseMetricLossFunction`` (``embedding_regularizer``,
             ``collect_stats``, ...). ``distance`` is refused (the Poincaré distance is part of the
-            method); a ``reducer`` sees already-reduced values.
+            method); a ``reducer`` other than PML's default ``MeanReducer`` (or
+            ``DoNothingReducer``) raises ``ValueError``, since it would see already-reduced
+            values and have no effect.
 
     Reducer input:
         sample_triplet_loss: the sample part, reduction_type "already_reduced".
@@ -297,6 +300,15 @@ class HIERLoss(BaseMetricLossFunction):
     ):
         if kwargs.get("distance") is not None:
             raise ValueError("HIERLoss uses the Poincaré distance of its ball; drop distance=")
+        reducer = kwargs.get("reducer")
+        if reducer is not None and type(reducer) not in (MeanReducer, DoNothingReducer):
+            raise ValueError(
+                f"HIERLoss ignores reducer={type(reducer).__name__}: both parts are already "
+                "reduced (means over the mined triplets), so PML reducers return them "
+                "unchanged. Drop reducer= (DoNothingReducer, to get the parts, is accepted)"
+            )
+        # Read by get_default_distance, which BaseMetricLossFunction.__init__ calls.
+        self._distance_args = {"c": c, "official": official}
         super().__init__(**kwargs)
         for name, value in (("embedding_size", embedding_size), ("num_proxies", num_proxies)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -347,7 +359,6 @@ class HIERLoss(BaseMetricLossFunction):
         self.to_poincare = ToPoincare(c, clip_r=clip_r, riemannian=True, official=official)
         self.ball = PoincareBall(c, official=official, check_inputs=False)
         self.input_ball = PoincareBall(c)  # validates the embeddings
-        self.distance = PoincareDistance(c, official=official, check_inputs=False)
         self.miner = ReciprocalTripletMiner(
             topk=topk,
             triplets_per_anchor=triplets_per_anchor,
@@ -359,6 +370,10 @@ class HIERLoss(BaseMetricLossFunction):
 
     def _sub_loss_names(self) -> list[str]:
         return list(self.SUB_LOSS_NAMES)
+
+    def get_default_distance(self) -> PoincareDistance:
+        """The Poincaré distance of the loss's ball (inputs are validated by the loss)."""
+        return PoincareDistance(**self._distance_args, check_inputs=False)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         c_f.labels_or_indices_tuple_required(labels, indices_tuple)

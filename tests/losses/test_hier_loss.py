@@ -354,3 +354,32 @@ def test_example_improves_recall():
     spec.loader.exec_module(example)
     result = example.main(steps=50)
     assert result["recall_at_1_after"] > 2 * result["recall_at_1_before"]
+
+
+def test_reducer_with_no_effect_raises():
+    """Both parts are already reduced: a PML reducer would be silently ignored."""
+    from pytorch_metric_learning.reducers import (
+        AvgNonZeroReducer,
+        MeanReducer,
+        SumReducer,
+        ThresholdReducer,
+    )
+
+    for reducer in (SumReducer(), AvgNonZeroReducer(), ThresholdReducer(low=0.1)):
+        with pytest.raises(ValueError, match=f"ignores reducer={type(reducer).__name__}"):
+            HIERLoss(16, num_proxies=8, reducer=reducer)
+    g = torch.Generator().manual_seed(0)
+    z = ToPoincare()(torch.randn(12, 16, generator=g))
+    labels = torch.arange(6).repeat_interleave(2)
+    value = small_loss(reducer=MeanReducer())(z, labels)
+    parts = small_loss(reducer=DoNothingReducer())(z, labels)
+    torch.testing.assert_close(
+        value, parts["sample_triplet_loss"]["losses"] + parts["proxy_triplet_loss"]["losses"]
+    )
+
+
+def test_distance_comes_from_pml_default_distance():
+    loss = HIERLoss(16, num_proxies=8, c=0.3)
+    assert isinstance(loss.get_default_distance(), PoincareDistance)
+    assert loss.distance.c == 0.3 and loss.distance.normalize_embeddings is False
+    assert loss.miner.distance is loss.distance
