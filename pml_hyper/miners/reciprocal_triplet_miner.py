@@ -143,17 +143,17 @@ class ReciprocalTripletMiner(BaseMiner):
 
     def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
         """PML's miner entry point (``tuple_miner`` use; HIERLoss calls :meth:`mine`)."""
-        if labels is not None and not self.same_class_positives:
-            if not self._warned_label_inconsistent:
-                self._warned_label_inconsistent = True
-                warnings.warn(
-                    "ReciprocalTripletMiner: positives are mutual nearest neighbours (HIER's "
-                    "semantics), not necessarily same-class samples, so the triplets given to "
-                    "a PML loss are not label-consistent. Pass same_class_positives=True for "
-                    "label-consistent triplets.",
-                    UserWarning,
-                    stacklevel=2,
-                )
+        default = labels is not None and not self.same_class_positives
+        if default and not self._warned_label_inconsistent:
+            self._warned_label_inconsistent = True
+            warnings.warn(
+                "ReciprocalTripletMiner: positives are mutual nearest neighbours (HIER's "
+                "semantics), not necessarily same-class samples, so the triplets given to a "
+                "PML loss are not label-consistent. Pass same_class_positives=True for "
+                "label-consistent triplets.",
+                UserWarning,
+                stacklevel=2,
+            )
         return super().forward(embeddings, labels, ref_emb, ref_labels)
 
     def mine(
