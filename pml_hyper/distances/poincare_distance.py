@@ -6,7 +6,7 @@ import torch
 from pytorch_metric_learning.distances import BaseDistance
 
 from ..manifolds.poincare import PoincareBall
-from ..utils.checks import warn_if_unit_normalized
+from ..utils.checks import check_in_ball, warn_if_unit_normalized
 
 
 class PoincareDistance(BaseDistance):
@@ -37,7 +37,7 @@ class PoincareDistance(BaseDistance):
         if kwargs.setdefault("is_inverted", False):
             raise ValueError("PoincareDistance is a distance: is_inverted must be False")
         super().__init__(**kwargs)
-        self.ball = PoincareBall(c, official=official, check_inputs=check_inputs)
+        self.ball = PoincareBall(c, official=official)
         self.c = c
         self.official = official
         self.check_inputs = check_inputs
@@ -45,16 +45,20 @@ class PoincareDistance(BaseDistance):
 
     def compute_mat(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
         """``(N, n), (M, n) -> (N, M)`` matrix of hyperbolic distances."""
-        self._warn_if_normalized(query_emb, ref_emb)
+        self._check(query_emb, ref_emb)
         return self.ball.pairwise_dist(query_emb, None if ref_emb is query_emb else ref_emb)
 
     def pairwise_distance(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
         """``(N, n), (N, n) -> (N,)`` distances between matching rows."""
-        self._warn_if_normalized(query_emb, ref_emb)
+        self._check(query_emb, ref_emb)
         return self.ball.dist(query_emb, ref_emb)
 
-    def _warn_if_normalized(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> None:
-        if self.check_inputs:
-            warn_if_unit_normalized(self, query_emb, self.c)
-            if ref_emb is not query_emb:
-                warn_if_unit_normalized(self, ref_emb, self.c)
+    def _check(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> None:
+        """Ball membership and the unit-norm warning, under ``check_inputs``."""
+        if not self.check_inputs:
+            return
+        for x, name in ((query_emb, "x"), (ref_emb, "y")):
+            if name == "y" and ref_emb is query_emb:
+                break
+            check_in_ball(x, self.c, name)
+            warn_if_unit_normalized(self, x, self.c)

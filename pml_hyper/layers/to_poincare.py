@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..manifolds.poincare import OFFICIAL_EPS, PoincareBall, check_finite, full_precision
+from ..manifolds.poincare import OFFICIAL_EPS, PoincareBall, full_precision
+from ..utils.checks import check_finite
 
 
 class ToPoincare(torch.nn.Module):
@@ -29,6 +30,7 @@ class ToPoincare(torch.nn.Module):
             the loss's own gradient).
         official: the papers' epsilons (clip factor r/(‖u‖ + 1e-5), c rounded to float32, ...)
             for golden parity tests only; see :class:`~pml_hyper.manifolds.PoincareBall`.
+        check_inputs: raise ``ValueError`` naming input rows with NaN or inf (one host sync).
     """
 
     def __init__(
@@ -37,11 +39,13 @@ class ToPoincare(torch.nn.Module):
         clip_r: float | None = 2.3,
         riemannian: bool = False,
         official: bool = False,
+        check_inputs: bool = True,
     ):
         super().__init__()
         if clip_r is not None and not clip_r > 0:
             raise ValueError(f"clip_r must be positive or None, got {clip_r}")
-        self.ball = PoincareBall(c, official=official, check_inputs=False)
+        self.ball = PoincareBall(c, official=official)
+        self.check_inputs = check_inputs
         self.c = c
         self.clip_r = clip_r
         self.riemannian = riemannian
@@ -63,7 +67,8 @@ class ToPoincare(torch.nn.Module):
         return u * (self.clip_r / torch.clamp(norm, min=self.clip_r))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        check_finite(u, "ToPoincare input")
+        if self.check_inputs:
+            check_finite(u, "ToPoincare input")
         with full_precision(u) as (u,):
             z = self.ball.project(self.ball.expmap0(self.clip(u)))
             if self.riemannian:

@@ -18,7 +18,8 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from ..distances.poincare_distance import PoincareDistance
 from ..layers.to_poincare import ToPoincare
 from ..manifolds.poincare import PoincareBall, full_precision
-from ..miners.reciprocal_triplet_miner import ReciprocalTripletMiner, check_generator_device
+from ..miners.reciprocal_triplet_miner import ReciprocalTripletMiner
+from ..utils.checks import check_generator_device
 from .param_groups import with_remaining_params
 
 CHUNK_ELEMENTS = 1 << 20
@@ -261,6 +262,8 @@ class HIERLoss(BaseMetricLossFunction):
             see :class:`~pml_hyper.manifolds.PoincareBall`).
         anchor_as_negative: keep each anchor in its own negative set, as the official code does
             (§12 item 1); off by default.
+        check_inputs: raise ``ValueError`` naming embedding rows that are non-finite or not
+            inside the ball (one host sync per call).
         **kwargs: passed to ``BaseMetricLossFunction`` (``embedding_regularizer``,
             ``collect_stats``, ...). ``distance`` is refused (the Poincaré distance is part of the
             method); a ``reducer`` other than PML's default ``MeanReducer`` (or
@@ -296,6 +299,7 @@ class HIERLoss(BaseMetricLossFunction):
         generator: torch.Generator | None = None,
         official: bool = False,
         anchor_as_negative: bool = False,
+        check_inputs: bool = True,
         **kwargs,
     ):
         if kwargs.get("distance") is not None:
@@ -357,8 +361,8 @@ class HIERLoss(BaseMetricLossFunction):
         lcas = torch.randn(num_proxies, embedding_size, generator=generator, device=init_device)
         self.lcas = torch.nn.Parameter(lcas.cpu() / embedding_size**0.5 * (0.9 * clip_r))
         self.to_poincare = ToPoincare(c, clip_r=clip_r, riemannian=True, official=official)
-        self.ball = PoincareBall(c, official=official, check_inputs=False)
-        self.input_ball = PoincareBall(c)  # validates the embeddings
+        self.ball = PoincareBall(c, official=official)
+        self.check_inputs = check_inputs
         self.miner = ReciprocalTripletMiner(
             topk=topk,
             triplets_per_anchor=triplets_per_anchor,
@@ -399,7 +403,8 @@ class HIERLoss(BaseMetricLossFunction):
                 f"(classes·views, D)"
             )
         check_generator_device(self.generator, embeddings.device)
-        self.input_ball.check_point(embeddings, "HIERLoss embeddings")
+        if self.check_inputs:
+            self.ball.check_point(embeddings, "HIERLoss embeddings")
         with full_precision(embeddings, self.lcas) as (z, theta):
             proxies = self.to_poincare(theta)
             sample_proxy = self.ball.pairwise_dist(z, proxies)

@@ -12,15 +12,7 @@ import torch
 from pytorch_metric_learning.miners import BaseMiner
 
 from ..distances.poincare_distance import PoincareDistance
-
-
-def check_generator_device(generator: torch.Generator | None, device: torch.device) -> None:
-    """Raise ``ValueError`` if ``generator`` cannot draw tensors on ``device``."""
-    if generator is not None and generator.device.type != torch.device(device).type:
-        raise ValueError(
-            f"the generator is on {generator.device} but the tensors are on {device}; "
-            f"pass torch.Generator(device={str(device)!r})"
-        )
+from ..utils.checks import check_generator_device
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:

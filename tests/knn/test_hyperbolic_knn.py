@@ -416,3 +416,13 @@ def test_geometry_helpers_build_hyperbolic_inference_model_and_tester():
         make_inference_model(trunk, normalize_embeddings=True)
     with pytest.raises(ValueError, match="different c"):
         model_curvature(torch.nn.Sequential(ToPoincare(c=0.1), ToPoincare(c=0.2)))
+
+
+def test_check_inputs_flag():
+    ref = ball_points(20, 4)
+    outside = ref.clone()
+    outside[2] *= 100
+    with pytest.raises(ValueError, match=r"reference rows \[2\]"):
+        HyperbolicKNN()(ref[:3], 2, outside)
+    d, _ = HyperbolicKNN(check_inputs=False)(ref[:3], 2, outside)  # unchecked: no raise
+    assert d.shape == (3, 2)

@@ -383,3 +383,12 @@ def test_distance_comes_from_pml_default_distance():
     assert isinstance(loss.get_default_distance(), PoincareDistance)
     assert loss.distance.c == 0.3 and loss.distance.normalize_embeddings is False
     assert loss.miner.distance is loss.distance
+
+
+def test_input_check_is_under_the_loss_flag():
+    outside = torch.zeros(12, 16)
+    outside[3, 0] = 5.0
+    labels = torch.arange(6).repeat_interleave(2)
+    with pytest.raises(ValueError, match=r"HIERLoss embeddings rows \[3\]"):
+        small_loss()(outside, labels)
+    assert small_loss().check_inputs and not small_loss(check_inputs=False).check_inputs
