@@ -341,7 +341,7 @@ def test_parameters_and_initialisation():
 
     groups = loss.param_groups(lr=1e-4, weight_decay=0.01)
     assert groups == [{"name": "lcas", "params": [loss.lcas], "lr": 5e-3, "weight_decay": 0.01}]
-    with_reg = HIERLoss(16, num_proxies=8, embedding_regularizer=HIERRegularizer(16, 8))
+    with_reg = HIERLoss(16, num_proxies=8, embedding_regularizer=HIERRegularizer(16, num_proxies=8))
     assert [g["name"] for g in with_reg.param_groups(lr=1.0)] == ["lcas", "other"]
 
     for name in ("embedding_size", "num_proxies", "margin", "tau", "c", "clip_r", "topk"):
