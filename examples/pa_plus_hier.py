@@ -1,11 +1,11 @@
 """Proxy-Anchor + 0.5·HIER on a toy problem, evaluated with exact hyperbolic Recall@1.
 
 The HIER recipe (Kim et al., CVPR 2023) in miniature: an MLP with HIER's head (LayerNorm without
-affine, Linear, ``ToPoincare``), batches of 2 images per class, the loss
-``MultipleLosses([ProxyAnchorLoss, HIERLoss], weights=[1, 0.5])`` and AdamW with HIER's proxy
-learning-rate factors. The data are synthetic: each class is a Gaussian blob in 16 informative
-dimensions, hidden among 48 dimensions of larger nuisance noise; the test classes are disjoint
-from the training classes, as in CUB/Cars. Recall@1 uses the Poincaré distance through
+affine, Linear, ``ToPoincare(riemannian=True)``), batches of 2 images per class, the loss
+``MultipleLosses({"proxy_anchor": ProxyAnchorLoss, "hier": HIERLoss})`` (weights 1, 0.5) and
+AdamW with HIER's proxy learning-rate factors. The data are synthetic: each class is a Gaussian
+blob in 16 informative dimensions, hidden among 48 dimensions of larger nuisance noise; the test
+classes are disjoint from the training classes, as in CUB/Cars. Recall@1 uses the Poincaré distance through
 ``HyperbolicKNN``. Runs in well under a minute on a CPU::
 
     python examples/pa_plus_hier.py --steps 300
@@ -76,7 +76,10 @@ def main(steps: int = 300, seed: int = 0, verbose: bool = False) -> dict[str, fl
     model = make_model(embedding_size)
     pa = losses.ProxyAnchorLoss(train_classes, embedding_size, margin=0.1, alpha=32)
     hier = HIERLoss(embedding_size, num_proxies=128, topk=20, generator=generator)
-    loss_fn = losses.MultipleLosses([pa, hier], weights=[1.0, 0.5])
+    # The dict form: PML's logging presets fail on the list form's member names "0", "1".
+    loss_fn = losses.MultipleLosses(
+        {"proxy_anchor": pa, "hier": hier}, weights={"proxy_anchor": 1.0, "hier": 0.5}
+    )
     lr = 1e-2
     optimizer = torch.optim.AdamW(
         [{"params": model.parameters(), "lr": lr}, {"params": pa.parameters(), "lr": lr * 100}]

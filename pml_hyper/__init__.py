@@ -19,6 +19,7 @@ _SUBPACKAGES = (
     "models",
     "regularizers",
     "training",
+    "utils",
 )
 
 

@@ -1,4 +1,4 @@
-"""Poincaré-ball distance as a PML distance (hyperbolic.md §5, pml_integration.md §5)."""
+"""Poincaré-ball distance as a PML distance (Khrulkov et al., CVPR 2020, eq. 4)."""
 
 from __future__ import annotations
 
@@ -6,25 +6,28 @@ import torch
 from pytorch_metric_learning.distances import BaseDistance
 
 from ..manifolds.poincare import PoincareBall
+from ..utils.checks import check_in_ball, warn_if_unit_normalized
 
 
 class PoincareDistance(BaseDistance):
     """d_c(x, y) = (2/√c) artanh(√c ‖(-x) ⊕_c y‖), usable wherever PML takes a ``distance=``.
 
     ``compute_mat`` returns the (N, M) matrix with O(N·M) memory, exact at zero distance and with
-    finite gradients there (hyperbolic.md §5.2); ``pairwise_distance`` the row-wise (N,) values.
+    finite gradients there; ``pairwise_distance`` the row-wise (N,) values.
     The math runs in float32 or float64 with autocast disabled; half-precision input gives a
     float32 matrix.
 
     Unlike PML's distances, ``normalize_embeddings`` defaults to ``False``: normalising would move
     every point to radius 1. Points must already be inside the ball (see
-    :class:`~pml_hyper.layers.ToPoincare`); points on or outside it raise ``ValueError``.
+    :class:`~pml_hyper.layers.ToPoincare`); points on or outside it raise ``ValueError``. With
+    ``check_inputs``, inputs whose rows all have norm 1 (L2-normalised, e.g. by
+    ``normalize_embeddings=True``) give a one-time warning when c ≠ 1.
 
     Args:
         c: curvature magnitude (0.1 in HIER and Hyp).
         official: the papers' epsilons (+1e-5 in the Möbius denominator, c rounded to float32,
             straight-through artanh clamp), for golden parity only. Differs from the exact
-            distance by up to ~2.4e-5 relative (hyperbolic.md §4).
+            distance by up to ~2.4e-5 relative.
         check_inputs: validate finiteness and ball membership (one host sync per call).
         **kwargs: passed to ``BaseDistance`` (``power``, ``collect_stats``, ...).
     """
@@ -34,15 +37,28 @@ class PoincareDistance(BaseDistance):
         if kwargs.setdefault("is_inverted", False):
             raise ValueError("PoincareDistance is a distance: is_inverted must be False")
         super().__init__(**kwargs)
-        self.ball = PoincareBall(c, official=official, check_inputs=check_inputs)
+        self.ball = PoincareBall(c, official=official)
         self.c = c
         self.official = official
+        self.check_inputs = check_inputs
         self.add_to_recordable_attributes(list_of_names=["c"], is_stat=False)
 
     def compute_mat(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
         """``(N, n), (M, n) -> (N, M)`` matrix of hyperbolic distances."""
+        self._check(query_emb, ref_emb)
         return self.ball.pairwise_dist(query_emb, None if ref_emb is query_emb else ref_emb)
 
     def pairwise_distance(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
         """``(N, n), (N, n) -> (N,)`` distances between matching rows."""
+        self._check(query_emb, ref_emb)
         return self.ball.dist(query_emb, ref_emb)
+
+    def _check(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> None:
+        """Ball membership and the unit-norm warning, under ``check_inputs``."""
+        if not self.check_inputs:
+            return
+        for x, name in ((query_emb, "x"), (ref_emb, "y")):
+            if name == "y" and ref_emb is query_emb:
+                break
+            check_in_ball(x, self.c, name)
+            warn_if_unit_normalized(self, x, self.c)

@@ -10,6 +10,7 @@ import torch
 from pytorch_metric_learning.utils.inference import return_results
 
 from ..manifolds.poincare import PoincareBall
+from ..utils.checks import warn_if_unit_normalized
 
 BACKENDS = ("auto", "torch", "faiss")
 CHUNK_BYTES = 1 << 28
@@ -60,9 +61,14 @@ class HyperbolicKNN:
         backend: ``"faiss"`` (faiss-cpu; CPU search), ``"torch"`` (matmul on the query's device),
             or ``"auto"``: torch for CUDA inputs, faiss when installed, torch otherwise.
         rerank: extra candidates retrieved per query for the exact re-ranking.
+        check_inputs: raise ``ValueError`` naming rows that are non-finite or outside the ball,
+            and warn once when every row has norm 1 (L2-normalised embeddings); one host sync
+            per call.
     """
 
-    def __init__(self, c: float = 0.1, backend: str = "auto", rerank: int = 16):
+    def __init__(
+        self, c: float = 0.1, backend: str = "auto", rerank: int = 16, check_inputs: bool = True
+    ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "faiss" and not faiss_available():
@@ -73,7 +79,7 @@ class HyperbolicKNN:
         if rerank < 0:
             raise ValueError(f"rerank must be >= 0, got {rerank}")
         self.ball = PoincareBall(c)
-        self._exact = PoincareBall(c, check_inputs=False)
+        self.check_inputs = check_inputs
         self.c = c
         self.backend = backend
         self.rerank = rerank
@@ -92,7 +98,7 @@ class HyperbolicKNN:
         """Append ``embeddings`` (N, n) to the stored reference set."""
         embeddings = torch.as_tensor(embeddings).detach()
         self._check_2d(embeddings, "embeddings")
-        self.ball.check_point(embeddings, "embeddings")
+        self._check_point(embeddings, "embeddings")
         if self.reference is None:
             self.reference = embeddings.clone()
         else:
@@ -111,7 +117,7 @@ class HyperbolicKNN:
                 f"{filename} holds an index for c={state['c']}, this knn has c={self.c}"
             )
         if state["reference"] is not None:
-            self.ball.check_point(state["reference"], "reference")
+            self._check_point(state["reference"], "reference")
         self.reference = state["reference"]
 
     # ------------------------------------------------------------ search
@@ -119,6 +125,11 @@ class HyperbolicKNN:
     def _check_2d(x: torch.Tensor, name: str) -> None:
         if x.ndim != 2:
             raise ValueError(f"{name} must be 2-D (N, embedding_size), got shape {tuple(x.shape)}")
+
+    def _check_point(self, x: torch.Tensor, name: str) -> None:
+        if self.check_inputs:
+            self.ball.check_point(x, name)
+            warn_if_unit_normalized(self, x, self.c)
 
     def _resolve_backend(self, device: torch.device) -> str:
         if self.backend != "auto":
@@ -153,11 +164,13 @@ class HyperbolicKNN:
                 + (" (one is the query itself)" if ref_includes_query else "")
             )
         leading = _is_leading_rows(query, reference)
-        # With ref_includes_query the queries are reference[:Nq] (PML's contract).
+        # With ref_includes_query the queries must be reference[:Nq] (PML's contract).
+        if ref_includes_query and not leading:
+            _check_query_leads_reference(query, reference)
         if not (ref_includes_query or leading):
-            self.ball.check_point(query, "query")
+            self._check_point(query, "query")
         if not stored:  # the stored set was checked by add() / load()
-            self.ball.check_point(reference, "reference")
+            self._check_point(reference, "reference")
         out_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
         with torch.no_grad():
             distances, indices = self._search(query.detach(), reference.detach(), k_search, leading)
@@ -191,7 +204,7 @@ class HyperbolicKNN:
         scores, cand = scores.to(device=device, dtype=torch.float64), cand.to(device)
         bound = self._score_error_bound(x2, y2.max(), q_lift.shape[1], q_lift.is_cuda)
         distances, indices = self._rerank(x, x2, y, y2, scores, cand, bound, k)
-        kth_score = -torch.cosh(self._exact.sqrt_c * distances[:, -1])
+        kth_score = -torch.cosh(self.ball.sqrt_c * distances[:, -1])
         redo = scores[:, -1] + bound >= kth_score
         if redo.any():
             rows = redo.nonzero().squeeze(1)
@@ -209,7 +222,7 @@ class HyperbolicKNN:
         for start, block in _float64_blocks(x):
             rows = slice(start, start + len(block))
             torch.linalg.vector_norm(block, dim=1, out=sq_norm[rows]).square_()
-            lifted[rows] = self._exact.to_lorentz(block, sq_norm[rows])
+            lifted[rows] = self.ball.to_lorentz(block, sq_norm[rows])
         return sq_norm, lifted
 
     def _refine_near_zero(
@@ -224,7 +237,7 @@ class HyperbolicKNN:
         near = dist < NEAR_ZERO
         if near.any():
             rows, cols = near.nonzero(as_tuple=True)
-            dist[rows, cols] = self._exact.dist(x[rows], y[cand[rows, cols]])
+            dist[rows, cols] = self.ball.dist(x[rows], y[cand[rows, cols]])
 
     def _float64_search(
         self, x: torch.Tensor, x2: torch.Tensor, y: torch.Tensor, y2: torch.Tensor, k: int
@@ -239,7 +252,7 @@ class HyperbolicKNN:
         below NEAR_ZERO, where t cannot rank the references, are searched again by
         :meth:`_crowded_search`.
         """
-        c = self._exact.c
+        c = self.ball.c
         w = 1 / (1 - c * y2)
 
         def negated_refs() -> Iterator[tuple[int, torch.Tensor]]:
@@ -265,8 +278,8 @@ class HyperbolicKNN:
         z = 2c t/(1 - c‖x‖²), as log1p(z + √(z(z + 2)))/√c, accurate at every distance (the
         artanh form saturates near the boundary). Clamps ``t`` at 0 in place.
         """
-        z = 2 * self._exact.c * t.clamp_min_(0) / (1 - self._exact.c * x2)
-        return torch.log1p(z + torch.sqrt(z * (z + 2))) / self._exact.sqrt_c
+        z = 2 * self.ball.c * t.clamp_min_(0) / (1 - self.ball.c * x2)
+        return torch.log1p(z + torch.sqrt(z * (z + 2))) / self.ball.sqrt_c
 
     def _crowded_search(
         self, x: torch.Tensor, y: torch.Tensor, k: int
@@ -276,7 +289,7 @@ class HyperbolicKNN:
         """
         step = max(1, CHUNK_BYTES // (3 * len(y) * 8))
         parts = [
-            torch.topk(self._exact.pairwise_dist(x[s : s + step], y), k, dim=1, largest=False)
+            torch.topk(self.ball.pairwise_dist(x[s : s + step], y), k, dim=1, largest=False)
             for s in range(0, len(x), step)
         ]
         return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
@@ -296,7 +309,7 @@ class HyperbolicKNN:
         if tf32 and torch.backends.cuda.matmul.allow_tf32:
             unit = 2.0**-11
         gamma = length * unit / (1 - length * unit) + 2 * unit
-        tq, tr = self._exact.c * x2, self._exact.c * y2_max
+        tq, tr = self.ball.c * x2, self.ball.c * y2_max
         abs_sum = ((1 + tq) * (1 + tr) + 4 * (tq * tr).sqrt()) / ((1 - tq) * (1 - tr))
         return gamma * abs_sum
 
@@ -322,7 +335,7 @@ class HyperbolicKNN:
         cand = cand[:, : k + int(can_be_nearest.any(0).sum())]  # a prefix of every row
         inner = _candidate_inner(x, y, cand)
         y2_cand = y2[cand]
-        t = (x2[:, None] + y2_cand - 2 * inner) / (1 - self._exact.c * y2_cand)
+        t = (x2[:, None] + y2_cand - 2 * inner) / (1 - self.ball.c * y2_cand)
         dist = self._dist_from_t(t, x2[:, None])
         self._refine_near_zero(x, y, dist, cand)
         best, order = torch.topk(dist, k, dim=1, largest=False)
@@ -338,6 +351,24 @@ def _is_leading_rows(query: torch.Tensor, reference: torch.Tensor) -> bool:
         and query.stride() == reference.stride()
         and len(query) <= len(reference)
     )
+
+
+def _check_query_leads_reference(query: torch.Tensor, reference: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``query`` (Nq, n) equals ``reference[:Nq]``."""
+    if len(query) > len(reference):
+        raise ValueError(
+            f"ref_includes_query=True needs the {len(query)} queries to be the first rows of "
+            f"the reference set, which has only {len(reference)} rows"
+        )
+    lead = reference[: len(query)].to(device=query.device, dtype=query.dtype)
+    differs = (query != lead).any(1)
+    if differs.any():
+        rows = differs.nonzero().squeeze(1)[:10].tolist()
+        raise ValueError(
+            "ref_includes_query=True means the queries are reference[:Nq] (PML's contract), "
+            f"but query rows {rows} differ from those reference rows; pass "
+            "ref_includes_query=False for a separate query set"
+        )
 
 
 def _float64_blocks(x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:

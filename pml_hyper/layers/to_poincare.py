@@ -1,19 +1,24 @@
-"""Map Euclidean features into the Poincaré ball (hyperbolic.md §3, hier.md §2.2)."""
+"""Map Euclidean features into the Poincaré ball (Khrulkov et al. 2020; HIER, CVPR 2023, §3.2)."""
 
 from __future__ import annotations
 
 import torch
 
-from ..manifolds.poincare import OFFICIAL_EPS, PoincareBall, check_finite, full_precision
+from ..manifolds.poincare import OFFICIAL_EPS, PoincareBall, full_precision
+from ..utils.checks import check_finite
 
 
 class ToPoincare(torch.nn.Module):
     """Feature clipping, exponential map at 0, projection and the Riemannian gradient rescale.
 
     z = project(expmap0(clip_r(u))), with clip_r(u) = u · min(1, r/‖u‖) (Guo et al. 2021).
-    With ``riemannian=True`` the backward multiplies the gradient of each output row by
-    (1 - c‖z‖²)²/4 = 1/λ_z², turning Euclidean gradients into Riemannian ones (HIER); Hyp uses
-    ``riemannian=False``.
+
+    By default (``riemannian=False``) the backward pass is the plain gradient of whatever loss
+    follows, so the layer is safe in front of any PML loss (Hyp uses it this way). With
+    ``riemannian=True`` the backward multiplies the gradient of each output row by
+    (1 - c‖z‖²)²/4 = 1/λ_z², turning Euclidean gradients into Riemannian ones, as HIER's code
+    does; the model then no longer receives the loss's gradient. HIER's head
+    (:class:`~pml_hyper.models.HIERHead`) opts in explicitly.
 
     Shapes: ``(..., n) -> (..., n)``. Computes in float32 (float64 for float64 input) with autocast
     disabled, and returns that dtype.
@@ -21,22 +26,26 @@ class ToPoincare(torch.nn.Module):
     Args:
         c: curvature magnitude (HIER/Hyp: 0.1).
         clip_r: clipping radius in the tangent space (2.3 in HIER/Hyp); ``None`` disables it.
-        riemannian: rescale gradients by 1/λ_z² in the backward pass.
+        riemannian: rescale gradients by 1/λ_z² in the backward pass (HIER: True; default False,
+            the loss's own gradient).
         official: the papers' epsilons (clip factor r/(‖u‖ + 1e-5), c rounded to float32, ...)
             for golden parity tests only; see :class:`~pml_hyper.manifolds.PoincareBall`.
+        check_inputs: raise ``ValueError`` naming input rows with NaN or inf (one host sync).
     """
 
     def __init__(
         self,
         c: float = 0.1,
         clip_r: float | None = 2.3,
-        riemannian: bool = True,
+        riemannian: bool = False,
         official: bool = False,
+        check_inputs: bool = True,
     ):
         super().__init__()
         if clip_r is not None and not clip_r > 0:
             raise ValueError(f"clip_r must be positive or None, got {clip_r}")
-        self.ball = PoincareBall(c, official=official, check_inputs=False)
+        self.ball = PoincareBall(c, official=official)
+        self.check_inputs = check_inputs
         self.c = c
         self.clip_r = clip_r
         self.riemannian = riemannian
@@ -58,7 +67,8 @@ class ToPoincare(torch.nn.Module):
         return u * (self.clip_r / torch.clamp(norm, min=self.clip_r))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        check_finite(u, "ToPoincare input")
+        if self.check_inputs:
+            check_finite(u, "ToPoincare input")
         with full_precision(u) as (u,):
             z = self.ball.project(self.ball.expmap0(self.clip(u)))
             if self.riemannian:

@@ -11,13 +11,15 @@ from typing import NamedTuple
 
 import torch
 from pytorch_metric_learning.losses import BaseMetricLossFunction
+from pytorch_metric_learning.reducers import DoNothingReducer, MeanReducer
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from ..distances.poincare_distance import PoincareDistance
 from ..layers.to_poincare import ToPoincare
 from ..manifolds.poincare import PoincareBall, full_precision
-from ..miners.reciprocal_triplet_miner import ReciprocalTripletMiner, check_generator_device
+from ..miners.reciprocal_triplet_miner import ReciprocalTripletMiner
+from ..utils.checks import check_generator_device
 from .param_groups import with_remaining_params
 
 CHUNK_ELEMENTS = 1 << 20
@@ -231,7 +233,8 @@ class HIERLoss(BaseMetricLossFunction):
     - each part is :func:`hier_triplet_loss`; L_HIER = sample part + proxy part (§6).
 
     The paper's objective is L_metric + λ2·L_HIER with λ2 = 0.5, e.g. ``MultipleLosses(
-    [ProxyAnchorLoss(C, D, margin=0.1, alpha=32), HIERLoss(D)], weights=[1, 0.5])``.
+    {"pa": ProxyAnchorLoss(C, D, margin=0.1, alpha=32), "hier": HIERLoss(D)},
+    weights={"pa": 1, "hier": 0.5})`` (the dict form works with PML's logging presets).
     HIER's released scripts train θ with AdamW at 50× the base learning rate
     (:meth:`param_groups`).
 
@@ -259,9 +262,13 @@ class HIERLoss(BaseMetricLossFunction):
             see :class:`~pml_hyper.manifolds.PoincareBall`).
         anchor_as_negative: keep each anchor in its own negative set, as the official code does
             (§12 item 1); off by default.
+        check_inputs: raise ``ValueError`` naming embedding rows that are non-finite or not
+            inside the ball (one host sync per call).
         **kwargs: passed to ``BaseMetricLossFunction`` (``embedding_regularizer``,
             ``collect_stats``, ...). ``distance`` is refused (the Poincaré distance is part of the
-            method); a ``reducer`` sees already-reduced values.
+            method); a ``reducer`` other than PML's default ``MeanReducer`` (or
+            ``DoNothingReducer``) raises ``ValueError``, since it would see already-reduced
+            values and have no effect.
 
     Reducer input:
         sample_triplet_loss: the sample part, reduction_type "already_reduced".
@@ -292,10 +299,20 @@ class HIERLoss(BaseMetricLossFunction):
         generator: torch.Generator | None = None,
         official: bool = False,
         anchor_as_negative: bool = False,
+        check_inputs: bool = True,
         **kwargs,
     ):
         if kwargs.get("distance") is not None:
             raise ValueError("HIERLoss uses the Poincaré distance of its ball; drop distance=")
+        reducer = kwargs.get("reducer")
+        if reducer is not None and type(reducer) not in (MeanReducer, DoNothingReducer):
+            raise ValueError(
+                f"HIERLoss ignores reducer={type(reducer).__name__}: both parts are already "
+                "reduced (means over the mined triplets), so PML reducers return them "
+                "unchanged. Drop reducer= (DoNothingReducer, to get the parts, is accepted)"
+            )
+        # Read by get_default_distance, which BaseMetricLossFunction.__init__ calls.
+        self._distance_args = {"c": c, "official": official}
         super().__init__(**kwargs)
         for name, value in (("embedding_size", embedding_size), ("num_proxies", num_proxies)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -344,9 +361,8 @@ class HIERLoss(BaseMetricLossFunction):
         lcas = torch.randn(num_proxies, embedding_size, generator=generator, device=init_device)
         self.lcas = torch.nn.Parameter(lcas.cpu() / embedding_size**0.5 * (0.9 * clip_r))
         self.to_poincare = ToPoincare(c, clip_r=clip_r, riemannian=True, official=official)
-        self.ball = PoincareBall(c, official=official, check_inputs=False)
-        self.input_ball = PoincareBall(c)  # validates the embeddings
-        self.distance = PoincareDistance(c, official=official, check_inputs=False)
+        self.ball = PoincareBall(c, official=official)
+        self.check_inputs = check_inputs
         self.miner = ReciprocalTripletMiner(
             topk=topk,
             triplets_per_anchor=triplets_per_anchor,
@@ -358,6 +374,10 @@ class HIERLoss(BaseMetricLossFunction):
 
     def _sub_loss_names(self) -> list[str]:
         return list(self.SUB_LOSS_NAMES)
+
+    def get_default_distance(self) -> PoincareDistance:
+        """The Poincaré distance of the loss's ball (inputs are validated by the loss)."""
+        return PoincareDistance(**self._distance_args, check_inputs=False)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         c_f.labels_or_indices_tuple_required(labels, indices_tuple)
@@ -383,7 +403,8 @@ class HIERLoss(BaseMetricLossFunction):
                 f"(classes·views, D)"
             )
         check_generator_device(self.generator, embeddings.device)
-        self.input_ball.check_point(embeddings, "HIERLoss embeddings")
+        if self.check_inputs:
+            self.ball.check_point(embeddings, "HIERLoss embeddings")
         with full_precision(embeddings, self.lcas) as (z, theta):
             proxies = self.to_poincare(theta)
             sample_proxy = self.ball.pairwise_dist(z, proxies)

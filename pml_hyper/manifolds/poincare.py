@@ -23,6 +23,10 @@ from collections.abc import Iterator
 
 import torch
 
+from ..utils.checks import check_finite, check_in_ball
+
+__all__ = ["PoincareBall", "check_finite", "full_precision", "working_dtype"]
+
 PROJECTION_EPS = 1e-3
 """Relative distance to the boundary kept by :meth:`PoincareBall.project` (hyperbolic.md §2.3)."""
 
@@ -83,39 +87,25 @@ class _RiemannianGradient(torch.autograd.Function):
         return grad * scale, None
 
 
-def _describe_rows(mask: torch.Tensor, limit: int = 10) -> str:
-    rows = mask.nonzero().tolist()
-    shown = ", ".join(str(r[0] if len(r) == 1 else tuple(r)) for r in rows[:limit])
-    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
-    return f"[{shown}]{more}"
-
-
-def check_finite(x: torch.Tensor, name: str = "x") -> None:
-    """Raise ``ValueError`` naming the rows of ``x`` (over the last dim) that hold NaN or inf."""
-    if x.ndim == 0:
-        raise ValueError(f"{name} must have at least one dimension, got a scalar")
-    bad = ~torch.isfinite(x.detach()).all(-1)
-    if bad.any():
-        raise ValueError(f"{name} rows {_describe_rows(bad)} contain NaN or inf")
-
-
 class PoincareBall:
     """The Poincaré ball {x : c‖x‖² < 1} of curvature -c (hyperbolic.md §1-§6).
 
     Args:
         c: curvature magnitude (> 0). HIER and Hyp use 0.1 (radius 3.1623).
         official: reproduce the papers' epsilons (parity tests only; see module docstring).
-        check_inputs: validate that points are finite and strictly inside the ball, raising a
-            ``ValueError`` that names the offending rows. Costs one device-to-host sync per call.
+
+    The maths does not validate its inputs (no host syncs): the public entry points
+    (``PoincareDistance``, ``ToPoincare``, ``HIERLoss``, ``HyperbolicKNN``) do, under their own
+    ``check_inputs`` flag, with :meth:`check_point` / :func:`pml_hyper.utils.check_finite`. Points
+    on or outside the ball give clamped (finite but meaningless) distances.
     """
 
-    def __init__(self, c: float = 0.1, official: bool = False, check_inputs: bool = True):
+    def __init__(self, c: float = 0.1, official: bool = False):
         c = float(c)
         if not math.isfinite(c) or c <= 0:
             raise ValueError(f"curvature c must be a finite positive number, got {c}")
         self.c_raw = c
         self.official = official
-        self.check_inputs = check_inputs
         # The official code casts the Python float to a float32 tensor, even in float64 math.
         self.c = float(torch.tensor(c, dtype=torch.float32)) if official else c
         self.sqrt_c = math.sqrt(self.c)
@@ -137,34 +127,14 @@ class PoincareBall:
         bound = artanh_max(x.dtype)
         return torch.atanh(x.clamp(-bound, bound))
 
-    def check_finite(self, x: torch.Tensor, name: str = "x") -> None:
-        """Raise ``ValueError`` naming rows of ``x`` that hold NaN or inf (if ``check_inputs``)."""
-        if self.check_inputs:
-            check_finite(x, name)
-
     def check_point(self, x: torch.Tensor, name: str = "x") -> None:
-        """Raise ``ValueError`` naming rows that are non-finite or not strictly inside the ball."""
-        if not self.check_inputs:
-            return
-        if x.ndim == 0:
-            raise ValueError(f"{name} must have at least one dimension, got a scalar")
-        # One reduction: a non-finite coordinate makes the squared norm NaN or inf.
-        sq_norm = torch.linalg.vector_norm(x.detach(), dim=-1).pow(2)
-        bad = ~(self.c_raw * sq_norm < 1)
-        if not bad.any():
-            return
-        check_finite(x, name)
-        raise ValueError(
-            f"{name} rows {_describe_rows(bad)} lie on or outside the Poincaré ball of "
-            f"curvature -{self.c_raw} (need c·‖x‖² < 1, i.e. ‖x‖ < {self.radius:.6g}); "
-            "map Euclidean features into the ball with pml_hyper.layers.ToPoincare"
-        )
+        """Raise ``ValueError`` naming rows that are non-finite or not strictly inside the ball
+        (one device-to-host sync). Explicit: the maths below never calls it."""
+        check_in_ball(x, self.c_raw, name)
 
     # ------------------------------------------------------------------ row-wise maps
     def mobius_add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x ⊕_c y (hyperbolic.md §2.1), row-wise: ``(..., n), (..., n) -> (..., n)``."""
-        self.check_point(x, "x")
-        self.check_point(y, "y")
         with full_precision(x, y) as (x, y):
             c = self.c
             xy = (x * y).sum(-1, keepdim=True)
@@ -178,7 +148,6 @@ class PoincareBall:
 
     def expmap0(self, u: torch.Tensor) -> torch.Tensor:
         """Exponential map at the origin, tanh(√c‖u‖) u / (√c‖u‖) (§2.2): ``(..., n)``."""
-        self.check_finite(u, "u")
         with full_precision(u) as (u,):
             norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
             arg = self.sqrt_c * norm.clamp_min(self._norm_floor(u.dtype))
@@ -188,7 +157,6 @@ class PoincareBall:
 
     def logmap0(self, y: torch.Tensor) -> torch.Tensor:
         """Logarithmic map at the origin, artanh(√c‖y‖) y / (√c‖y‖) (§2.2): ``(..., n)``."""
-        self.check_point(y, "y")
         with full_precision(y) as (y,):
             arg = self.sqrt_c * torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(
                 self._norm_floor(y.dtype)
@@ -197,7 +165,6 @@ class PoincareBall:
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Rescale rows with ‖x‖ > (1 - 1e-3)/√c onto that radius (§2.3): ``(..., n)``."""
-        self.check_finite(x, "x")
         with full_precision(x) as (x,):
             norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(
                 self._norm_floor(x.dtype)
@@ -226,6 +193,15 @@ class PoincareBall:
         c = self.c
         return 1 - 2 * c * inner + c**2 * x2 * y2
 
+    def _stable_denominator(
+        self, diff_norm: torch.Tensor, x2: torch.Tensor, y2: torch.Tensor
+    ) -> torch.Tensor:
+        """den(x, y) = (1 - c‖x‖²)(1 - c‖y‖²) + c‖x - y‖², the same quantity as
+        :meth:`_denominator` without its cancellation near the boundary: every term is
+        non-negative inside the ball, so √c e/√den < 1 and coincident points give exactly 0."""
+        c = self.c
+        return (1 - c * x2) * (1 - c * y2) + c * diff_norm.pow(2)
+
     def dist_from_inner(
         self, inner: torch.Tensor, x_sqnorm: torch.Tensor, y_sqnorm: torch.Tensor
     ) -> torch.Tensor:
@@ -240,16 +216,17 @@ class PoincareBall:
 
     def dist(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Row-wise distance d_c(x_i, y_i) (§2.6, §5.4): ``(..., n), (..., n) -> (...)``."""
-        self.check_point(x, "x")
-        self.check_point(y, "y")
         with full_precision(x, y) as (x, y):
             e = torch.linalg.vector_norm(x - y, dim=-1)
-            den = self._denominator((x * y).sum(-1), x.pow(2).sum(-1), y.pow(2).sum(-1))
+            x2, y2 = x.pow(2).sum(-1), y.pow(2).sum(-1)
+            if self.official:
+                den = self._denominator((x * y).sum(-1), x2, y2)
+            else:
+                den = self._stable_denominator(e, x2, y2)
             return self._distance_from_parts(e, den)
 
     def dist0(self, x: torch.Tensor) -> torch.Tensor:
         """Distance to the origin, (2/√c) artanh(√c‖x‖) (§2.6): ``(..., n) -> (...)``."""
-        self.check_point(x, "x")
         with full_precision(x) as (x,):
             return 2 / self.sqrt_c * self._artanh(self.sqrt_c * torch.linalg.vector_norm(x, dim=-1))
 
@@ -257,11 +234,12 @@ class PoincareBall:
         """Distance matrix D[i, j] = d_c(x_i, y_j): ``(N, n), (M, n) -> (N, M)``.
 
         O(N·M) memory: e = ‖x_i - y_j‖ from ``torch.cdist`` without the matrix-multiply
-        expansion (exact 0 and a zero gradient at coincident points), one Gram product for
-        den (hyperbolic.md §5.2). ``y=None`` means ``y = x``.
+        expansion (exact 0 and a zero gradient at coincident points), and
+        den = (1 - c‖x‖²)(1 - c‖y‖²) + c e², which has no cancellation, so distances stay finite
+        and self-distances exact up to the boundary (official mode: the papers' Gram form).
+        ``y=None`` means ``y = x``.
         """
-        y_given = y is not None
-        y = y if y_given else x
+        y = x if y is None else y
         if x.ndim != 2 or y.ndim != 2:
             raise ValueError(
                 "pairwise_dist expects 2-D tensors (N, n) and (M, n), got shapes "
@@ -269,14 +247,13 @@ class PoincareBall:
             )
         if x.shape[1] != y.shape[1]:
             raise ValueError(f"dimension mismatch: x has {x.shape[1]} columns, y {y.shape[1]}")
-        self.check_point(x, "x")
-        if y_given:
-            self.check_point(y, "y")
         with full_precision(x, y) as (x, y):
             e = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
-            den = self._denominator(
-                x @ y.T, x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1).unsqueeze(0)
-            )
+            x2, y2 = x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1).unsqueeze(0)
+            if self.official:
+                den = self._denominator(x @ y.T, x2, y2)
+            else:
+                den = self._stable_denominator(e, x2, y2)
             return self._distance_from_parts(e, den)
 
     # ------------------------------------------------------------------ Lorentz lift
@@ -288,7 +265,6 @@ class PoincareBall:
         neighbours into a maximum-inner-product search (§6.2). ``sq_norm`` (``(...)``, optional)
         is ‖x‖² when the caller already has it.
         """
-        self.check_point(x, "x")
         with full_precision(x) as (x,):
             sq_norm = x.pow(2).sum(-1) if sq_norm is None else sq_norm.to(x.dtype)
             c_x2 = self.c * sq_norm.unsqueeze(-1)

@@ -1,4 +1,4 @@
-"""HIER's reciprocal (mutual) top-k triplet miner as a PML miner (``spec/hier.md`` §5).
+"""HIER's reciprocal (mutual) top-k triplet miner as a PML miner (HIER, CVPR 2023, §3.3).
 
 Kim, Jeong, Kwak, "HIER: Metric Learning Beyond Class Labels via Hierarchical Regularization",
 CVPR 2023.
@@ -12,15 +12,7 @@ import torch
 from pytorch_metric_learning.miners import BaseMiner
 
 from ..distances.poincare_distance import PoincareDistance
-
-
-def check_generator_device(generator: torch.Generator | None, device: torch.device) -> None:
-    """Raise ``ValueError`` if ``generator`` cannot draw tensors on ``device``."""
-    if generator is not None and generator.device.type != torch.device(device).type:
-        raise ValueError(
-            f"the generator is on {generator.device} but the tensors are on {device}; "
-            f"pass torch.Generator(device={str(device)!r})"
-        )
+from ..utils.checks import check_generator_device
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -73,7 +65,10 @@ class ReciprocalTripletMiner(BaseMiner):
     - Positives are mutual nearest neighbours, **not necessarily same-class samples**. The bonus
       only makes same-class pairs rank first; different-class mutual neighbours are positives too,
       and a same-class sample outside the top-k (a class with more than ``topk`` samples in the
-      batch) is a negative. The triplets are therefore not label-consistent.
+      batch) is a negative. The triplets are therefore not label-consistent: called as an
+      ordinary PML ``tuple_miner`` (through ``forward``) with the default, it warns once.
+      ``same_class_positives=True`` keeps only same-class mutual neighbours as positives and
+      other-class samples as negatives, for PML's triplet losses.
     - The official code keeps each anchor in its own negative set, so about 1 % of its triplets
       are (a, p, a). ``anchor_as_negative=True`` reproduces that (parity tests, paper
       reproduction); the default excludes the anchor, which gives clean triplets for PML's
@@ -87,6 +82,8 @@ class ReciprocalTripletMiner(BaseMiner):
         same_class_bonus: added to the similarity of same-label pairs (1.0 in HIER).
         distance: a PML distance with ``is_inverted=False``; default ``PoincareDistance(c=0.1)``.
         anchor_as_negative: keep the anchor in its own negative set, as the official code does.
+        same_class_positives: restrict positives to same-class mutual neighbours and negatives
+            to other classes (label-consistent triplets; not HIER's semantics). Needs labels.
         generator: ``torch.Generator`` on the embeddings' device for the draws; ``None`` uses
             the global torch RNG.
         **kwargs: passed to ``BaseMiner`` (``collect_stats``).
@@ -100,6 +97,7 @@ class ReciprocalTripletMiner(BaseMiner):
         distance=None,
         anchor_as_negative: bool = False,
         generator: torch.Generator | None = None,
+        same_class_positives: bool = False,
         **kwargs,
     ):
         super().__init__(distance=distance, **kwargs)
@@ -125,6 +123,8 @@ class ReciprocalTripletMiner(BaseMiner):
         self.same_class_bonus = float(same_class_bonus)
         self.anchor_as_negative = anchor_as_negative
         self.generator = generator
+        self.same_class_positives = bool(same_class_positives)
+        self._warned_label_inconsistent = False
         self.add_to_recordable_attributes(
             list_of_names=["topk", "triplets_per_anchor", "same_class_bonus"], is_stat=False
         )
@@ -132,6 +132,21 @@ class ReciprocalTripletMiner(BaseMiner):
 
     def get_default_distance(self) -> PoincareDistance:
         return PoincareDistance(c=0.1)
+
+    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        """PML's miner entry point (``tuple_miner`` use; HIERLoss calls :meth:`mine`)."""
+        default = labels is not None and not self.same_class_positives
+        if default and not self._warned_label_inconsistent:
+            self._warned_label_inconsistent = True
+            warnings.warn(
+                "ReciprocalTripletMiner: positives are mutual nearest neighbours (HIER's "
+                "semantics), not necessarily same-class samples, so the triplets given to a "
+                "PML loss are not label-consistent. Pass same_class_positives=True for "
+                "label-consistent triplets.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return super().forward(embeddings, labels, ref_emb, ref_labels)
 
     def mine(
         self,
@@ -191,11 +206,27 @@ class ReciprocalTripletMiner(BaseMiner):
         neighbours = topk_mask(similarity, self._clamped_topk(m))
         if not same_set:
             mutual = neighbours & topk_mask(similarity.T, self._clamped_topk(n)).T
-            return mutual, ~mutual
+            return self._restrict_to_classes(mutual, ~mutual, labels, ref_labels)
         mutual = neighbours & neighbours.T
         eye = torch.eye(n, dtype=torch.bool, device=mat.device)
         negative = ~mutual | eye if self.anchor_as_negative else ~(mutual | eye)
-        return mutual & ~eye, negative
+        return self._restrict_to_classes(mutual & ~eye, negative, labels, ref_labels)
+
+    def _restrict_to_classes(
+        self,
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        labels: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """With ``same_class_positives``: same-class positives, other-class negatives."""
+        if not self.same_class_positives:
+            return positive, negative
+        if labels is None:
+            raise ValueError("same_class_positives=True needs labels")
+        ref_labels = labels if ref_labels is None else ref_labels
+        same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
+        return positive & same, negative & ~same
 
     def _clamped_topk(self, num_candidates: int) -> int:
         if self.topk < num_candidates:

@@ -1,4 +1,4 @@
-"""HIER's (and Hyp's) embedding head into the Poincaré ball (hier.md §2.1)."""
+"""HIER's (and Hyp's) embedding head into the Poincaré ball (HIER, CVPR 2023, §3.2)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class HIERHead(torch.nn.Module):
         self.linear = torch.nn.Linear(in_features, embedding_size)
         torch.nn.init.orthogonal_(self.linear.weight)
         torch.nn.init.zeros_(self.linear.bias)
+        # Explicit: HIER's head rescales gradients (its default), Hyp's passes False.
         self.to_poincare = ToPoincare(c=c, clip_r=clip_r, riemannian=riemannian)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

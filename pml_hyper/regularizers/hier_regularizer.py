@@ -1,4 +1,4 @@
-"""Label-free HIER as a PML embedding regularizer (``spec/pml_integration.md`` §4.4)."""
+"""Label-free HIER (Kim, Jeong, Kwak, CVPR 2023) as a PML embedding regularizer."""
 
 from __future__ import annotations
 
@@ -28,10 +28,13 @@ class HIERRegularizer(BaseRegularizer):
     Embeddings: (B, D) points in the Poincaré ball of curvature −c.
 
     Args:
-        embedding_size, num_proxies, margin, tau, c, clip_r, topk, triplets_per_anchor,
-        generator, official, anchor_as_negative: as in :class:`~pml_hyper.losses.HIERLoss`.
-        **kwargs: passed to ``BaseRegularizer`` (``collect_stats``, ``reducer``); ``distance``
-            is refused.
+        hier: the :class:`~pml_hyper.losses.HIERLoss` to wrap, or its ``embedding_size``; in the
+            latter case the other keywords (``num_proxies``, ``margin``, ``tau``, ``c``, ``clip_r``,
+            ``topk``, ``triplets_per_anchor``, ``generator``, ...) build it, with HIERLoss's
+            paper defaults.
+        collect_stats: PML's statistics flag, for the regularizer and the HIERLoss it builds.
+        **kwargs: ``reducer`` goes to ``BaseRegularizer``, everything else to ``HIERLoss``;
+            ``distance`` is refused.
 
     Reducer input: ``sample_triplet_loss`` and ``proxy_triplet_loss``, both "already_reduced";
     their sum is the regularization loss (before the host loss's ``embedding_reg_weight``).
@@ -39,36 +42,30 @@ class HIERRegularizer(BaseRegularizer):
 
     def __init__(
         self,
-        embedding_size: int,
-        num_proxies: int = 512,
-        margin: float = 0.1,
-        tau: float = 0.1,
-        c: float = 0.1,
-        clip_r: float = 2.3,
-        topk: int = 20,
-        triplets_per_anchor: int = 50,
-        generator: torch.Generator | None = None,
-        official: bool = False,
-        anchor_as_negative: bool = False,
+        hier: HIERLoss | int,
+        collect_stats: bool | None = None,
         **kwargs,
     ):
         if kwargs.get("distance") is not None:
             raise ValueError("HIERRegularizer uses the Poincaré distance of its ball; drop it")
-        super().__init__(**kwargs)
-        self.hier = HIERLoss(
-            embedding_size,
-            num_proxies=num_proxies,
-            margin=margin,
-            tau=tau,
-            c=c,
-            clip_r=clip_r,
-            topk=topk,
-            triplets_per_anchor=triplets_per_anchor,
-            generator=generator,
-            official=official,
-            anchor_as_negative=anchor_as_negative,
-            collect_stats=self.collect_stats,
-        )
+        kwargs.pop("distance", None)
+        base_kwargs = {"reducer": kwargs.pop("reducer")} if "reducer" in kwargs else {}
+        if collect_stats is not None:
+            base_kwargs["collect_stats"] = collect_stats
+        super().__init__(**base_kwargs)
+        if isinstance(hier, HIERLoss):
+            if kwargs:
+                raise TypeError(
+                    "HIERRegularizer(hier=HIERLoss(...)) takes no HIERLoss keywords, got "
+                    f"{sorted(kwargs)}; set them on the HIERLoss"
+                )
+            self.hier = hier
+        elif isinstance(hier, int) and not isinstance(hier, bool):
+            self.hier = HIERLoss(hier, collect_stats=self.collect_stats, **kwargs)
+        else:
+            raise TypeError(
+                f"hier must be a HIERLoss or an embedding size (int), got {type(hier).__name__}"
+            )
 
     def sub_loss_names(self) -> list[str]:
         return list(HIERLoss.SUB_LOSS_NAMES)

@@ -189,11 +189,20 @@ def build_loss_terms(config: dict, num_classes: int) -> list[torch.nn.Module]:
 
 
 def combine_losses(config: dict, terms: list[torch.nn.Module]) -> torch.nn.Module:
-    """A single term with weight 1 as is, otherwise PML's ``MultipleLosses``."""
+    """A single term with weight 1 as is, otherwise PML's ``MultipleLosses`` in its dict form,
+    keyed by term type (``proxyanchorloss``, ``hierloss``, a ``_2`` suffix for repeats): PML's
+    record-keeper turns the list form's keys ``0``, ``1`` into invalid SQLite table names."""
     weights = [term["weight"] for term in config["loss"]["terms"]]
     if len(terms) == 1 and weights[0] == 1.0:
         return terms[0]
-    return pml_losses.MultipleLosses(terms, weights=weights)
+    types = [term["type"].lower() for term in config["loss"]["terms"]]
+    names = [
+        t if types[:i].count(t) == 0 else f"{t}_{types[:i].count(t) + 1}"
+        for i, t in enumerate(types)
+    ]
+    return pml_losses.MultipleLosses(
+        dict(zip(names, terms, strict=True)), weights=dict(zip(names, weights, strict=True))
+    )
 
 
 def loss_param_groups(config: dict, terms: list[torch.nn.Module]) -> list[dict]:

@@ -1,5 +1,7 @@
 """PoincareDistance inside PML losses, miners and utilities (pml_integration.md §5)."""
 
+import math
+
 import pytest
 import torch
 from pytorch_metric_learning import losses, miners
@@ -109,3 +111,51 @@ def test_bad_input():
         dist(torch.zeros(2, 3), outside)
     with pytest.raises(ValueError, match="outside"):
         dist.pairwise_distance(outside, outside)
+
+
+def test_warns_once_on_l2_normalized_inputs_in_a_pml_loss():
+    """``normalize_embeddings=True`` puts every point on the unit sphere, inside the ball for
+    c = 0.1: the distance warns once instead of silently computing on the sphere."""
+    import warnings
+
+    x, labels = clustered_ball_points()
+    distance = PoincareDistance(c=0.1, normalize_embeddings=True)
+    loss_fn = losses.ContrastiveLoss(distance=distance)
+    with pytest.warns(UserWarning, match="norm 1"):
+        loss_fn(x, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_fn(x, labels)  # once
+        losses.ContrastiveLoss(distance=PoincareDistance(c=0.1))(x, labels)  # not normalised
+        unit = torch.nn.functional.normalize(x)
+        PoincareDistance(c=0.1, check_inputs=False)(unit)  # checks off: silent
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("frac", [1 - 1e-4, 1 - 1e-6, 1 - 1e-7])
+def test_near_boundary_distances_are_finite_with_exact_diagonal(dtype, frac):
+    """Points at ``frac`` of the radius: the Gram-form denominator cancels there; the distance
+    stays finite, self-distances are exactly 0, and gradients are finite."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(200, 16, generator=g, dtype=torch.float64))
+    x = (u * frac / math.sqrt(0.1)).to(dtype)
+    assert (0.1 * x.pow(2).sum(1) < 1).all()  # inside the ball in this dtype
+    x.requires_grad_()
+    d = PoincareDistance(c=0.1)(x)
+    assert torch.isfinite(d).all()
+    assert torch.equal(d.diagonal(), torch.zeros(200, dtype=dtype))
+    assert (d + torch.eye(200, dtype=dtype) > 0).all()
+    rows = PoincareDistance(c=0.1).pairwise_distance(x, x.flip(0))
+    assert torch.isfinite(rows).all()
+    (grad,) = torch.autograd.grad(d.sum() + rows.sum(), x)
+    assert torch.isfinite(grad).all()
+
+
+def test_stable_denominator_matches_gram_form_in_float64():
+    x, _ = clustered_ball_points(dtype=torch.float64)
+    exact = PoincareBall(0.1).pairwise_dist(x, x.flip(0))
+    e = torch.cdist(x, x.flip(0))
+    gram = PoincareBall(0.1)._denominator(
+        x @ x.flip(0).T, x.pow(2).sum(1, keepdim=True), x.flip(0).pow(2).sum(1).unsqueeze(0)
+    )
+    torch.testing.assert_close(exact, PoincareBall(0.1)._distance_from_parts(e, gram))

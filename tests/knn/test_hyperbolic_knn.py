@@ -353,3 +353,76 @@ def test_errors(monkeypatch):
     with pytest.raises(ImportError, match="faiss"):
         HyperbolicKNN(backend="faiss")
     assert HyperbolicKNN()._resolve_backend(torch.device("cpu")) == "torch"
+
+
+def test_ref_includes_query_needs_the_queries_to_lead_the_reference():
+    ref = ball_points(40, 6)
+    knn = HyperbolicKNN(backend="torch")
+    # A copy of reference[:Nq] (not a view) is accepted and gives the same result as the view.
+    d_view, i_view = knn(ref[:10], 3, ref, ref_includes_query=True)
+    d_copy, i_copy = knn(ref[:10].clone(), 3, ref, ref_includes_query=True)
+    assert torch.equal(i_view, i_copy) and torch.equal(d_view, d_copy)
+    other = ball_points(10, 6, seed=5)
+    with pytest.raises(ValueError, match=r"query rows \[0, 1, .*differ"):
+        knn(other, 3, ref, ref_includes_query=True)
+    with pytest.raises(ValueError, match="only 40 rows"):
+        knn(ball_points(50, 6), 3, ref, ref_includes_query=True)
+
+
+def test_pml_default_normalization_warns_once():
+    """PML's InferenceModel normalises by default: the kNN sees unit-norm rows and says so."""
+    ref = ball_points(60, 8)
+    knn = HyperbolicKNN()
+    model = InferenceModel(torch.nn.Identity(), knn_func=knn)  # normalize_embeddings=True
+    with pytest.warns(UserWarning, match="norm 1.*normalize_embeddings=False"):
+        model.train_knn(ref)
+        model.get_nearest_neighbors(ref[:5], k=3)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.get_nearest_neighbors(ref[:5], k=3)  # once per kNN object
+        HyperbolicKNN()(ref, 3, ref)  # genuine hyperbolic embeddings: silent
+        # c = 1: the unit sphere is the boundary, which raises instead
+        with pytest.raises(ValueError, match="outside"):
+            unit = torch.nn.functional.normalize(ref)
+            HyperbolicKNN(c=1.0)(unit, 3, unit)
+
+
+def test_geometry_helpers_build_hyperbolic_inference_model_and_tester():
+    from pml_hyper.utils import make_inference_model, make_tester, model_curvature
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat_interleave(8)
+    data = torch.randn(10, 12, generator=g)[labels] + 0.3 * torch.randn(80, 12, generator=g)
+    trunk = torch.nn.Sequential(torch.nn.Linear(12, 12), ToPoincare(c=0.2))
+    assert model_curvature(trunk) == 0.2 and model_curvature(torch.nn.Linear(2, 2)) is None
+    im = make_inference_model(trunk)
+    assert im.normalize_embeddings is False and isinstance(im.knn_func, HyperbolicKNN)
+    assert im.knn_func.c == 0.2
+    im.train_knn(data)
+    _, i = im.get_nearest_neighbors(data[:4], k=2)
+    assert torch.equal(i[:, 0], torch.arange(4))
+    tester = make_tester(trunk, batch_size=16, dataloader_num_workers=0)
+    assert tester.normalize_embeddings is False
+    assert tester.accuracy_calculator.knn_func.c == 0.2
+    acc = tester.test({"val": torch.utils.data.TensorDataset(data, labels)}, 1, trunk)["val"]
+    assert acc["precision_at_1_level0"] > 0.5
+    euclid = make_tester(torch.nn.Linear(2, 2))
+    assert euclid.normalize_embeddings is True
+    with pytest.raises(ValueError, match="HyperbolicKNN\\(c=0.2\\)"):
+        make_tester(trunk, accuracy_calculator=AccuracyCalculator(knn_func=HyperbolicKNN(c=0.1)))
+    with pytest.raises(ValueError, match="unit"):
+        make_inference_model(trunk, normalize_embeddings=True)
+    with pytest.raises(ValueError, match="different c"):
+        model_curvature(torch.nn.Sequential(ToPoincare(c=0.1), ToPoincare(c=0.2)))
+
+
+def test_check_inputs_flag():
+    ref = ball_points(20, 4)
+    outside = ref.clone()
+    outside[2] *= 100
+    with pytest.raises(ValueError, match=r"reference rows \[2\]"):
+        HyperbolicKNN()(ref[:3], 2, outside)
+    d, _ = HyperbolicKNN(check_inputs=False)(ref[:3], 2, outside)  # unchecked: no raise
+    assert d.shape == (3, 2)

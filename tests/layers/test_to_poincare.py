@@ -1,4 +1,4 @@
-"""ToPoincare: clipping bound, Riemannian rescale, precision, bad input (hier.md §2.2)."""
+"""ToPoincare: clipping bound, Riemannian rescale, precision, bad input."""
 
 import math
 
@@ -38,7 +38,7 @@ def test_no_clip_equals_projected_expmap():
 
 
 def test_riemannian_rescale_of_gradient():
-    """The gradient w.r.t. z is scaled row-wise by (1 - c‖z‖²)²/4 (hyperbolic.md §3.3)."""
+    """The gradient w.r.t. z is scaled row-wise by (1 - c‖z‖²)²/4 = 1/λ_z²."""
     u = torch.randn(10, 6, dtype=torch.float64)
     w = torch.randn(10, 6, dtype=torch.float64)
     grads = {}
@@ -47,7 +47,7 @@ def test_riemannian_rescale_of_gradient():
         z = ToPoincare(c=0.1, clip_r=None, riemannian=riemannian)(uu)
         (z * w).sum().backward()
         grads[riemannian] = uu.grad
-    z = ToPoincare(c=0.1, clip_r=None)(u)
+    z = ToPoincare(c=0.1, clip_r=None, riemannian=True)(u)
     scale = (1 - 0.1 * z.pow(2).sum(1, keepdim=True)) ** 2 / 4
     _, vjp = torch.autograd.functional.vjp(
         lambda x: ToPoincare(c=0.1, clip_r=None, riemannian=False)(x), u, w * scale
@@ -58,7 +58,7 @@ def test_riemannian_rescale_of_gradient():
 
 def test_origin_rescale_is_a_quarter():
     u = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
-    ToPoincare(c=0.1)(u).sum().backward()
+    ToPoincare(c=0.1, riemannian=True)(u).sum().backward()
     torch.testing.assert_close(u.grad, torch.full_like(u, 0.25))
 
 
@@ -91,3 +91,25 @@ def test_non_finite_input_rows_are_named():
 def test_invalid_clip_radius():
     with pytest.raises(ValueError, match="clip_r"):
         ToPoincare(clip_r=0.0)
+
+
+def test_default_is_the_plain_gradient_of_a_pml_loss():
+    """Finite differences through ``ContrastiveLoss(PoincareDistance)`` agree with the default
+    layer's backward; the Riemannian rescale (opt-in) does not."""
+    from pytorch_metric_learning import losses
+
+    from pml_hyper.distances import PoincareDistance
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(8, 5, dtype=torch.float64, generator=g).requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    loss_fn = losses.ContrastiveLoss(pos_margin=0, neg_margin=3.0, distance=PoincareDistance())
+    assert ToPoincare().riemannian is False
+
+    def loss_of(x, riemannian=False):
+        return loss_fn(ToPoincare(c=0.1, clip_r=2.3, riemannian=riemannian)(x), labels)
+
+    assert torch.autograd.gradcheck(loss_of, (u,), eps=1e-6, atol=1e-7)
+    (plain,) = torch.autograd.grad(loss_of(u), u)
+    (riem,) = torch.autograd.grad(loss_of(u, riemannian=True), u)
+    assert not torch.allclose(plain, riem, rtol=0.1)

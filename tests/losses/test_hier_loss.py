@@ -341,7 +341,7 @@ def test_parameters_and_initialisation():
 
     groups = loss.param_groups(lr=1e-4, weight_decay=0.01)
     assert groups == [{"name": "lcas", "params": [loss.lcas], "lr": 5e-3, "weight_decay": 0.01}]
-    with_reg = HIERLoss(16, num_proxies=8, embedding_regularizer=HIERRegularizer(16, 8))
+    with_reg = HIERLoss(16, num_proxies=8, embedding_regularizer=HIERRegularizer(16, num_proxies=8))
     assert [g["name"] for g in with_reg.param_groups(lr=1.0)] == ["lcas", "other"]
 
     for name in ("embedding_size", "num_proxies", "margin", "tau", "c", "clip_r", "topk"):
@@ -354,3 +354,41 @@ def test_example_improves_recall():
     spec.loader.exec_module(example)
     result = example.main(steps=50)
     assert result["recall_at_1_after"] > 2 * result["recall_at_1_before"]
+
+
+def test_reducer_with_no_effect_raises():
+    """Both parts are already reduced: a PML reducer would be silently ignored."""
+    from pytorch_metric_learning.reducers import (
+        AvgNonZeroReducer,
+        MeanReducer,
+        SumReducer,
+        ThresholdReducer,
+    )
+
+    for reducer in (SumReducer(), AvgNonZeroReducer(), ThresholdReducer(low=0.1)):
+        with pytest.raises(ValueError, match=f"ignores reducer={type(reducer).__name__}"):
+            HIERLoss(16, num_proxies=8, reducer=reducer)
+    g = torch.Generator().manual_seed(0)
+    z = ToPoincare()(torch.randn(12, 16, generator=g))
+    labels = torch.arange(6).repeat_interleave(2)
+    value = small_loss(reducer=MeanReducer())(z, labels)
+    parts = small_loss(reducer=DoNothingReducer())(z, labels)
+    torch.testing.assert_close(
+        value, parts["sample_triplet_loss"]["losses"] + parts["proxy_triplet_loss"]["losses"]
+    )
+
+
+def test_distance_comes_from_pml_default_distance():
+    loss = HIERLoss(16, num_proxies=8, c=0.3)
+    assert isinstance(loss.get_default_distance(), PoincareDistance)
+    assert loss.distance.c == 0.3 and loss.distance.normalize_embeddings is False
+    assert loss.miner.distance is loss.distance
+
+
+def test_input_check_is_under_the_loss_flag():
+    outside = torch.zeros(12, 16)
+    outside[3, 0] = 5.0
+    labels = torch.arange(6).repeat_interleave(2)
+    with pytest.raises(ValueError, match=r"HIERLoss embeddings rows \[3\]"):
+        small_loss()(outside, labels)
+    assert small_loss().check_inputs and not small_loss(check_inputs=False).check_inputs

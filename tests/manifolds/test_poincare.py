@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from pml_hyper.distances import PoincareDistance
+from pml_hyper.layers import ToPoincare
 from pml_hyper.manifolds import PoincareBall
 
 
@@ -137,16 +139,18 @@ def test_invalid_curvature(c):
 
 
 def test_points_outside_ball_are_named():
+    """Validation is explicit (check_point) and done by the entry points, not by the maths."""
     ball = PoincareBall(0.1)
     x = torch.zeros(5, 3)
     x[1, 0] = 3.2  # radius is 3.1623
     x[4, 2] = -ball.radius  # exactly on the boundary
-    with pytest.raises(ValueError, match=r"rows \[1, 4\] lie on or outside"):
-        ball.pairwise_dist(x, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"x rows \[1, 4\] lie on or outside"):
+        ball.check_point(x)
     with pytest.raises(ValueError, match=r"y rows \[1, 4\]"):
-        ball.dist(torch.zeros(5, 3), x)
-    with pytest.raises(ValueError, match="outside"):
-        ball.to_lorentz(x)
+        PoincareDistance(c=0.1)(torch.zeros(5, 3), x)
+    with pytest.raises(ValueError, match=r"x rows \[1, 4\]"):
+        PoincareDistance(c=0.1).pairwise_distance(x, torch.zeros(5, 3))
+    assert torch.isfinite(ball.pairwise_dist(x, torch.zeros(2, 3))).all()  # no check
 
 
 def test_non_finite_rows_are_named():
@@ -154,9 +158,13 @@ def test_non_finite_rows_are_named():
     x = torch.zeros(4, 3)
     x[2, 1] = float("nan")
     x[3, 0] = float("inf")
-    for fn in (ball.expmap0, ball.logmap0, ball.project, ball.dist0):
-        with pytest.raises(ValueError, match=r"rows \[2, 3\] contain NaN or inf"):
-            fn(x)
+    with pytest.raises(ValueError, match=r"rows \[2, 3\] contain NaN or inf"):
+        ball.check_point(x)
+    with pytest.raises(ValueError, match=r"rows \[2, 3\] contain NaN or inf"):
+        ToPoincare()(x)
+    with pytest.raises(ValueError, match=r"rows \[2, 3\] contain NaN or inf"):
+        PoincareDistance()(x)
+    ToPoincare(check_inputs=False)(x)  # the flag turns the check (and its host sync) off
 
 
 def test_pairwise_dist_shape_errors():
@@ -167,10 +175,10 @@ def test_pairwise_dist_shape_errors():
         ball.pairwise_dist(torch.zeros(3, 2), torch.zeros(3, 3))
 
 
-def test_check_inputs_off_clamps_instead_of_raising():
+def test_unchecked_maths_clamps_instead_of_raising():
     """Without validation, artanh is clamped at 1 - 1e-5: d0 = (2/√c) artanh(1 - 1e-5) = 38.6."""
     x = torch.full((2, 2), 5.0, dtype=torch.float64)
-    d0 = PoincareBall(0.1, check_inputs=False).dist0(x)
+    d0 = PoincareBall(0.1).dist0(x)
     expected = 2 / math.sqrt(0.1) * math.atanh(1 - 1e-5)
     torch.testing.assert_close(d0, torch.full((2,), expected, dtype=torch.float64))
     assert expected == pytest.approx(38.6, abs=0.05)

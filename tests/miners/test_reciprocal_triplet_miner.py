@@ -253,3 +253,34 @@ def test_golden_mining_sets(hier_golden, name):
             mined_a, mined_p, mined_n = miner.mine_from_distances(block, labels)
             assert torch.equal(mined_a, a)
             assert pos[mined_a, mined_p].all() and neg[mined_a, mined_n].all()
+
+
+def test_tuple_miner_use_warns_once_and_same_class_positives_is_label_consistent():
+    """As PML's ``tuple_miner`` with 8 images per class and topk = 20, many default "positives"
+    are from other classes; the miner says so once, and ``same_class_positives`` fixes it."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(6).repeat_interleave(8)
+    u = torch.randn(6, 8, generator=g)[labels] + 1.5 * torch.randn(48, 8, generator=g)
+    z = ToPoincare(c=0.1)(u)
+    default = ReciprocalTripletMiner(topk=20, triplets_per_anchor=10, generator=gen(1))
+    loss_fn = losses.TripletMarginLoss(margin=0.1, distance=PoincareDistance())
+    with pytest.warns(UserWarning, match="not label-consistent"):
+        a, p, n = default(z, labels)
+    assert (labels[a] != labels[p]).any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_fn(z, labels, default(z, labels))  # once per miner
+        consistent = ReciprocalTripletMiner(
+            topk=20, triplets_per_anchor=10, same_class_positives=True, generator=gen(1)
+        )
+        a, p, n = consistent(z, labels)
+        assert len(a) > 0
+        assert (labels[a] == labels[p]).all() and (labels[a] != labels[n]).all()
+        loss_fn(z, labels, (a, p, n))
+        # With a separate reference set too.
+        a, p, n = consistent(z[:24], labels[:24], z, labels)
+        assert (labels[a] == labels[p]).all() and (labels[a] != labels[n]).all()
+        # HIERLoss's own use (mine, not forward) stays silent.
+        default.mine(z, labels, z, labels)
+    with pytest.raises(ValueError, match="needs labels"):
+        consistent.mine_from_distances(PoincareDistance()(z), None)

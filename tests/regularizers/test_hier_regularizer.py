@@ -76,3 +76,17 @@ def test_stats_and_param_groups():
 def test_distance_is_refused():
     with pytest.raises(ValueError, match="distance"):
         HIERRegularizer(16, distance=PoincareDistance())
+
+
+def test_wraps_a_given_hier_loss_or_builds_one_from_its_keywords():
+    hier = HIERLoss(16, generator=gen(3), **SMALL)
+    wrapped = HIERRegularizer(hier)
+    assert wrapped.hier is hier and wrapped.lcas is hier.lcas
+    built = HIERRegularizer(16, generator=gen(3), **SMALL)
+    assert built.hier.num_proxies == SMALL["num_proxies"] and built.hier.topk == SMALL["topk"]
+    z = ToPoincare()(batch()[0])
+    torch.testing.assert_close(wrapped(z), built(z))
+    with pytest.raises(TypeError, match="takes no HIERLoss keywords"):
+        HIERRegularizer(hier, topk=3)
+    with pytest.raises(TypeError, match="HIERLoss or an embedding size"):
+        HIERRegularizer("16")
