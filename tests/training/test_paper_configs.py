@@ -77,3 +77,13 @@ def test_paper_metrics_are_evaluated(path):
     evaluated = recall_metric_names(config["eval"]["k_values"])
     assert set(config["paper"]["metrics"]) <= set(evaluated)
     assert config["eval"]["primary_metric"] in evaluated
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_sampling_follows_each_familys_released_sampler(path):
+    data = load_config(path)["data"]
+    family = path.stem.split("_")[0]
+    if family == "hyp":  # hyp_metric's safe_random_choice
+        assert data["replacement"] == "when_short"
+    elif data["sampler"] == "unique_class":  # HIER's sampler draws with replacement
+        assert data["replacement"] is True
