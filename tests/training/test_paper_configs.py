@@ -87,3 +87,17 @@ def test_sampling_follows_each_familys_released_sampler(path):
         assert data["replacement"] == "when_short"
     elif data["sampler"] == "unique_class":  # HIER's sampler draws with replacement
         assert data["replacement"] is True
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in CONFIGS if p.stem.startswith("hyp_")], ids=lambda p: p.stem
+)
+def test_hyp_recipes_use_hyps_loss(path):
+    config = load_config(path)
+    (term,) = config["loss"]["terms"]
+    if config["data"]["images_per_class"] > 2:  # NTXent differs from Hyp beyond 2 views
+        assert term["type"] == "HypLoss" and term["weight"] == 1.0
+        assert term["kwargs"] == {"temperature": 0.2, "c": 0.1}
+    else:
+        assert (term["type"], term["weight"]) in {("NTXentLoss", 2.0), ("HypLoss", 1.0)}
+    assert "same optimum" not in path.read_text()
