@@ -98,6 +98,12 @@ SCHEMA: dict[str, Any] = {
         "k_values": [1, 2, 4, 8],
         "primary_metric": "recall_at_1",
     },
+    "distributed": {
+        # None = exact single-process gradients at any world size. P = the released HIER/Hyp
+        # runs on P GPUs: the model gets 1/P of the full-batch gradient, loss parameters all of
+        # it (DistributedLossWrapper(paper_world_size=P)); also with a single process.
+        "paper_world_size": None,
+    },
     "output": {
         "dir": "runs/{name}",
         "plots": True,

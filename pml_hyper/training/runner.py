@@ -474,10 +474,12 @@ class Runner:
         config, schedule = self.config, self.config["schedule"]
         trunk: torch.nn.Module = self.model
         loss: torch.nn.Module = self.loss
+        paper_world_size = config["distributed"]["paper_world_size"]
         if self.world_size > 1:
             unused = schedule["warmup_epochs"] > 0 and schedule["warmup_freeze"] == "requires_grad"
             trunk = torch.nn.parallel.DistributedDataParallel(trunk, find_unused_parameters=unused)
-            loss = DistributedLossWrapper(loss)
+        if self.world_size > 1 or paper_world_size is not None:
+            loss = DistributedLossWrapper(loss, paper_world_size=paper_world_size)
         sampler = self._sampler()
         batch_size = config["data"]["batch_size"]
         iterations = schedule["iterations_per_epoch"] or (

@@ -101,3 +101,23 @@ def test_hyp_recipes_use_hyps_loss(path):
     else:
         assert (term["type"], term["weight"]) in {("NTXentLoss", 2.0), ("HypLoss", 1.0)}
     assert "same optimum" not in path.read_text()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_recipe_records_selection_batch_and_gradient_ratio(path):
+    config = load_config(path)
+    family = path.stem.split("_")[0]
+    assert config["paper"]["selection"] == ("last" if family == "hyp" else "best")
+    if family == "hist":
+        return
+    header = "".join(line for line in path.read_text().splitlines(True) if line.startswith("#"))
+    batch = config["data"]["batch_size"]
+    assert f"global {batch}" in header and "--nproc_per_node N" in header
+    assert f"data.batch_size={batch}/N" in header
+    expected = 2 if family == "hier" else 1
+    assert config["distributed"]["paper_world_size"] == expected
+
+
+@pytest.mark.parametrize("path", sorted(PAPER_DIR.glob("hier_inshop_*.yaml")), ids=lambda p: p.stem)
+def test_hier_inshop_evaluates_every_epoch(path):
+    assert load_config(path)["eval"]["every"] == 1  # every released In-shop script
