@@ -34,28 +34,40 @@ def _values(metrics: dict, names: list[str], scale: float = 1.0) -> str:
     return " / ".join("—" if metrics.get(n) is None else f"{scale * metrics[n]:.1f}" for n in names)
 
 
+def selection(config: dict) -> str:
+    """The paper's model selection, ``paper.selection``: ``best`` (best test epoch) or ``last``."""
+    chosen = config["paper"].get("selection", "best")
+    if chosen not in ("best", "last"):
+        raise ValueError(f"{config['name']}: paper.selection must be best or last, got {chosen!r}")
+    return chosen
+
+
 def table(paper_dir: Path, results_dir: Path) -> str:
-    """One Markdown row per recipe and run: the paper's Recall@K next to ours (best and last
-    evaluated epoch), with the backbone, hardware and date of the run."""
+    """One Markdown row per recipe and run: the paper's Recall@K next to ours, first at the
+    epoch the paper selected (``paper.selection``: best test epoch or last epoch), then at the
+    other one, with the backbone, hardware and date of the run."""
     runs = run_results(results_dir)
     lines = [
-        "| recipe | K | paper | ours (best epoch) | ours (last epoch) | backbone | hardware "
-        "| date |",
-        "|---|---|---|---|---|---|---|---|",
+        "| recipe | K | paper | selection | ours (paper's selection) | ours (other) | backbone "
+        "| hardware | date |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(paper_dir.glob("*.yaml")):
         config = yaml.safe_load(path.read_text())
         paper = config["paper"]["metrics"]
         names = list(paper)
         ks = "R@" + "/".join(n.removeprefix("recall_at_") for n in names)
+        chosen = selection(config)
         for run in runs.get(config["name"], [None]):
             run = run or {}
             machine = run.get("machine", {})
             hardware = machine.get("gpu") or (f"CPU × {machine['cpus']}" if machine else "—")
+            best = _values((run.get("best") or {}).get("metrics"), names, 100)
+            last = _values(run.get("last"), names, 100)
+            first, other = (best, f"last: {last}") if chosen == "best" else (last, f"best: {best}")
             lines.append(
-                f"| {config['name']} | {ks} | {_values(paper, names)} "
-                f"| {_values((run.get('best') or {}).get('metrics'), names, 100)} "
-                f"| {_values(run.get('last'), names, 100)} "
+                f"| {config['name']} | {ks} | {_values(paper, names)} | {chosen} epoch "
+                f"| {first} | {other} "
                 f"| {run.get('backbone', config['model']['backbone'])} | {hardware} "
                 f"| {run.get('date', '—')[:10]} |"
             )

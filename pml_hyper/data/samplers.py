@@ -1,5 +1,5 @@
-"""Class-balanced batches for metric learning, with a distributed split (hier.md §9, hist.md §5.6,
-pml_integration.md §8.3)."""
+"""Class-balanced batches for metric learning, with a distributed split (HIER's and hyp_metric's
+unique-class samplers)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ class UniqueClassSampler(torch.utils.data.Sampler[int]):
     (without replacement when there are that many classes, else with replacement); rank r takes
     the r-th slice of them. Each class then contributes ``images_per_class`` images, drawn with
     replacement as in HIER and HIST's ``BalancedSampler`` (two views may be the same file), or
-    without replacement (``replacement=False``; every class needs ``images_per_class`` images).
+    without replacement (``replacement=False``; every class needs ``images_per_class`` images),
+    or as hyp_metric's ``safe_random_choice`` does (``replacement="when_short"``): without
+    replacement in each class that has ``images_per_class`` images, with replacement only in
+    the smaller classes.
     Indices come out class by class; an epoch is ``len(labels) // (batch_size · num_replicas)``
     batches. The draws come from a ``torch.Generator`` seeded with ``seed + epoch``, so every
     rank computes the same global batches; call :meth:`set_epoch` each epoch.
@@ -39,7 +42,9 @@ class UniqueClassSampler(torch.utils.data.Sampler[int]):
         num_replicas: number of ranks; ``None`` = the initialised process group's size, or 1.
         rank: this rank; ``None`` = the process group's rank, or 0.
         seed: base seed, identical on every rank.
-        replacement: draw a class's images with replacement (the papers) or without.
+        replacement: ``True``: draw a class's images with replacement (HIER, HIST); ``False``:
+            without; ``"when_short"``: without, except in classes smaller than
+            ``images_per_class`` (Hyp).
     """
 
     def __init__(
@@ -50,8 +55,14 @@ class UniqueClassSampler(torch.utils.data.Sampler[int]):
         num_replicas: int | None = None,
         rank: int | None = None,
         seed: int = 0,
-        replacement: bool = True,
+        replacement: bool | str = True,
     ):
+        if replacement not in (True, False, "when_short") or not isinstance(
+            replacement, bool | str
+        ):
+            raise ValueError(
+                f"replacement must be True, False or 'when_short', got {replacement!r}"
+            )
         if isinstance(labels, torch.Tensor):
             labels = labels.detach().cpu()
         else:
@@ -87,11 +98,26 @@ class UniqueClassSampler(torch.utils.data.Sampler[int]):
         self._order = torch.argsort(labels, stable=True)
         _, self._counts = torch.unique_consecutive(labels[self._order], return_counts=True)
         self._starts = torch.cumsum(self._counts, 0) - self._counts
-        if not replacement and int(self._counts.min()) < images_per_class:
+        if replacement is False and int(self._counts.min()) < images_per_class:
             raise ValueError(
                 f"replacement=False needs {images_per_class} images in every class; the "
                 f"smallest class has {int(self._counts.min())}"
             )
+
+    def _with_replacement(self, counts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``(len(counts), IPC)`` offsets drawn uniformly with replacement in each class."""
+        draws = torch.rand(
+            len(counts), self.images_per_class, generator=generator, dtype=torch.float64
+        )
+        return (draws * counts[:, None]).long()
+
+    def _without_replacement(
+        self, counts: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """``(len(counts), IPC)`` distinct offsets per class (every count >= IPC)."""
+        keys = torch.rand(len(counts), int(counts.max()), generator=generator)
+        keys[torch.arange(keys.shape[1]) >= counts[:, None]] = 2.0
+        return keys.argsort(dim=1)[:, : self.images_per_class]
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the batches of ``epoch`` (the same on every rank)."""
@@ -111,15 +137,17 @@ class UniqueClassSampler(torch.utils.data.Sampler[int]):
             else:
                 classes = torch.randint(num_classes, (per_batch,), generator=generator)
             counts = self._counts[classes]
-            if self.replacement:
-                draws = torch.rand(
-                    per_batch, self.images_per_class, generator=generator, dtype=torch.float64
-                )
-                offsets = (draws * counts[:, None]).long()
+            if self.replacement is True:
+                offsets = self._with_replacement(counts, generator)
+            elif self.replacement is False:
+                offsets = self._without_replacement(counts, generator)
             else:
-                keys = torch.rand(per_batch, int(counts.max()), generator=generator)
-                keys[torch.arange(keys.shape[1]) >= counts[:, None]] = 2.0
-                offsets = keys.argsort(dim=1)[:, : self.images_per_class]
+                short = counts < self.images_per_class
+                offsets = self._without_replacement(
+                    counts.clamp(min=self.images_per_class), generator
+                )
+                if bool(short.any()):
+                    offsets[short] = self._with_replacement(counts[short], generator)
             positions = self._starts[classes, None] + offsets
             mine = positions[self.rank * per_rank : (self.rank + 1) * per_rank]
             yield from self._order[mine.reshape(-1)].tolist()

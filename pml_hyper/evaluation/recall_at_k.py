@@ -14,6 +14,8 @@ from pytorch_metric_learning.utils.accuracy_calculator import (
     try_getting_not_lone_labels,
 )
 
+from ..knn.cosine_knn import CosineKNN
+
 CUB_CARS_K_VALUES = (1, 2, 4, 8)
 """CUB-200-2011 and Cars-196: all-vs-all over the test split."""
 SOP_K_VALUES = (1, 10, 100, 1000)
@@ -39,8 +41,9 @@ class RecallAtK(AccuracyCalculator):
       is removed from its neighbours by the ``knn_func``, by index as PML and HIER do (HIST's
       code drops the first neighbour instead, which differs only under exact ties).
       Any PML ``knn_func`` works: :class:`~pml_hyper.knn.HyperbolicKNN` for Poincaré-ball
-      embeddings, ``FaissKNN`` / ``CustomKNN`` for Euclidean or cosine ones (PML's default
-      is ``FaissKNN()``, which needs faiss).
+      embeddings, ``FaissKNN`` / ``CustomKNN`` for Euclidean ones. The default is the exact
+      cosine :class:`~pml_hyper.knn.CosineKNN` (PML's ``FaissKNN()`` L2 default ranks
+      normalised embeddings the same way, but needs faiss).
     - Lone queries (no same-label item in the reference set): the papers count every query, so
       by default a lone query counts as a miss; PML's metrics drop lone queries instead
       (``exclude_lone_queries=True`` makes recall do the same). On CUB, Cars, SOP and In-shop
@@ -79,6 +82,8 @@ class RecallAtK(AccuracyCalculator):
         self.k_values = tuple(sorted(k_values))
         self.exclude_lone_queries = exclude_lone_queries
         self.official_inshop_mask = official_inshop_mask
+        if accuracy_calculator_kwargs.get("knn_func") is None:
+            accuracy_calculator_kwargs["knn_func"] = CosineKNN()
         k = accuracy_calculator_kwargs.setdefault("k", "max_bin_count")
         if isinstance(k, int) and k < self.k_values[-1]:
             raise ValueError(f"k={k} is below max(k_values)={self.k_values[-1]}")

@@ -1,5 +1,6 @@
 """kNN functions for PML's AccuracyCalculator, testers and InferenceModel."""
 
+from .cosine_knn import CosineKNN
 from .hyperbolic_knn import HyperbolicKNN
 
-__all__ = ["HyperbolicKNN"]
+__all__ = ["CosineKNN", "HyperbolicKNN"]

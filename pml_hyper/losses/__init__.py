@@ -2,5 +2,6 @@
 
 from .hier_loss import HIERLoss
 from .hist_loss import HISTLoss
+from .hyp_loss import HypLoss
 
-__all__ = ["HIERLoss", "HISTLoss"]
+__all__ = ["HIERLoss", "HISTLoss", "HypLoss"]

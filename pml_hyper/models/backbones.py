@@ -86,6 +86,26 @@ def backbone_spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
+def token_features(backbone: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Pre-logits features of a ViT-family ``backbone`` from its ``forward_features`` output
+    ``(B, T, C) -> (B, C)``.
+
+    A distilled DeiT (two prefix tokens: CLS and distillation) gives the CLS token alone in
+    train mode and the mean of the two in eval mode, as timm < 1.0 did and as HIER's and Hyp's
+    heads received it (timm >= 1.0's ``forward_head(pre_logits=True)`` averages in both modes).
+    Other backbones: ``forward_head(tokens, pre_logits=True)``.
+    """
+    if _is_distilled_vit(backbone) and backbone.training:
+        return backbone.head_drop(tokens[:, 0])
+    return backbone.forward_head(tokens, pre_logits=True)
+
+
+def _is_distilled_vit(backbone: torch.nn.Module) -> bool:
+    from timm.models.deit import VisionTransformerDistilled
+
+    return isinstance(backbone, VisionTransformerDistilled)
+
+
 def create_backbone(
     name: str,
     pretrained: bool = False,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .backbones import backbone_spec, create_backbone
+from .backbones import backbone_spec, create_backbone, token_features
 from .hier_head import HIERHead
 from .hist_head import HISTHead
 
@@ -126,11 +126,12 @@ class EmbeddingModel(torch.nn.Module):
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features: ``(B, 3, H, W) -> (B, num_features)``."""
+        """Pooled backbone features: ``(B, 3, H, W) -> (B, num_features)`` (a distilled DeiT
+        gives its CLS token in train mode, CLS and distillation tokens averaged in eval mode)."""
         x = self.backbone.forward_features(images)
         if self.spec.pooling == "gap_gmp":
             return x.mean(dim=(2, 3)) + x.amax(dim=(2, 3))
-        return self.backbone.forward_head(x, pre_logits=True)
+        return token_features(self.backbone, x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(B, D)``: Euclidean for the HIST head, Poincaré-ball points for HIER's."""

@@ -46,7 +46,9 @@ SCHEMA: dict[str, Any] = {
         "batch_size": 32,  # per process
         "sampler": "random",  # random (shuffled, drop_last) or unique_class (HIER)
         "images_per_class": 2,
-        "replacement": True,  # unique_class: draw a class's images with replacement (HIER)
+        # unique_class: true = a class's images with replacement (HIER), false = without,
+        # when_short = without unless the class has fewer than images_per_class (Hyp)
+        "replacement": True,
         "num_workers": 4,
         "eval_batch_size": 64,
         "synthetic": FREE,  # SyntheticImages arguments when dataset is synthetic
@@ -96,6 +98,12 @@ SCHEMA: dict[str, Any] = {
         "k_values": [1, 2, 4, 8],
         "primary_metric": "recall_at_1",
     },
+    "distributed": {
+        # None = exact single-process gradients at any world size. P = the released HIER/Hyp
+        # runs on P GPUs: the model gets 1/P of the full-batch gradient, loss parameters all of
+        # it (DistributedLossWrapper(paper_world_size=P)); also with a single process.
+        "paper_world_size": None,
+    },
     "output": {
         "dir": "runs/{name}",
         "plots": True,
@@ -103,6 +111,9 @@ SCHEMA: dict[str, Any] = {
         "log_freq": 50,
     },
 }
+
+# boolean keys that also take these strings
+_BOOL_CHOICES: dict[str, tuple[str, ...]] = {"data.replacement": ("when_short",)}
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
@@ -185,8 +196,10 @@ def _check_scalar(default: Any, value: Any, where: str) -> Any:
     if default is None or value is None:
         return value
     if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        choices = _BOOL_CHOICES.get(where, ())
+        if not isinstance(value, bool) and value not in choices:
+            allowed = " or ".join(("true", "false", *choices))
+            raise ConfigError(f"{where} must be {allowed}, got {value!r}")
     elif isinstance(default, int | float):
         if isinstance(value, str) and _FLOAT.match(value):
             value = float(value)

@@ -1,10 +1,11 @@
-"""All-gather wrapper for metric losses under DDP, with single-process gradients
-(pml_integration.md §9.1)."""
+"""All-gather wrapper for metric losses under DDP, with single-process gradients (or the papers'
+model-to-loss gradient ratio, see ``docs/distributed.md``)."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from pytorch_metric_learning.losses import CrossBatchMemory
 
 
 def is_distributed() -> bool:
@@ -14,18 +15,31 @@ def is_distributed() -> bool:
 
 class _GatherWithLocalGradient(torch.autograd.Function):
     """All-gather (N_r, ...) slices in rank order; the backward returns the gradient of the local
-    slice multiplied by ``world_size``, so that DDP's averaging of the model gradients gives
-    back the sum over ranks (the single-process gradient)."""
+    slice multiplied by ``scale`` (``world_size`` for the exact gradient: DDP's averaging of
+    the model gradients then gives back the sum over ranks, the single-process gradient)."""
 
     @staticmethod
-    def forward(ctx, local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-        ctx.rank, ctx.world_size, ctx.sizes = dist.get_rank(), dist.get_world_size(), sizes
+    def forward(ctx, local: torch.Tensor, sizes: list[int], scale: float) -> torch.Tensor:
+        ctx.rank, ctx.sizes, ctx.scale = dist.get_rank(), sizes, scale
         return _all_gather_variable(local, sizes)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         start = sum(ctx.sizes[: ctx.rank])
-        return grad[start : start + ctx.sizes[ctx.rank]] * ctx.world_size, None
+        return grad[start : start + ctx.sizes[ctx.rank]] * ctx.scale, None, None
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity in the forward; multiplies the gradient by ``scale`` in the backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
 
 
 def _all_gather_variable(local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -65,42 +79,125 @@ class DistributedLossWrapper(torch.nn.Module):
       HIER's mining with differently seeded ranks) or non-deterministic kernels make them
       differ.
 
-    ``loss`` may be any module called as ``loss(embeddings, labels, indices_tuple)``: a PML
+    ``loss`` may be any module called as PML calls losses,
+    ``loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)``: a PML
     ``BaseMetricLossFunction``, ``MultipleLosses`` (which PML's wrapper rejects), HISTLoss,
-    HIERLoss. Randomised losses must draw the same numbers on every rank to give the
-    single-process result (same seed, or a seeded ``generator``). Outside a process group (or
-    with one rank) the wrapper calls ``loss`` unchanged.
+    HIERLoss; or a PML ``CrossBatchMemory``, called as ``loss(embeddings, labels,
+    indices_tuple, enqueue_mask)``. Randomised losses must draw the same numbers on every rank
+    to give the single-process result (same seed, or a seeded ``generator``). Outside a process
+    group (or with one rank) the wrapper calls ``loss`` unchanged (up to ``paper_world_size``).
 
-    indices_tuple: local indices (into this rank's batch) are gathered and shifted to the global
-    batch; any miner output format (pairs or triplets) works.
+    The arguments are PML's wrapper's: ``ref_emb``/``ref_labels`` are gathered like the
+    embeddings (the reference embeddings' gradient flows into the local slice in the same
+    way); ``enqueue_mask`` (``CrossBatchMemory`` only) is gathered, so every rank enqueues
+    the same global batch and the memories stay identical. ``indices_tuple``: local indices
+    are gathered and shifted to the global batch: anchors by this rank's offset in the
+    embeddings, the positives and negatives by its offset in ``ref_emb`` when one is given
+    (pairs ``(a1, p, a2, n)`` or triplets ``(a, p, n)``).
+
+    Args:
+        loss: the loss module.
+        paper_world_size: ``None`` (default) = the exact single-process gradient. An integer P
+            reproduces the released HIER / Hyp training, where every one of P ranks computes
+            the loss on the gathered batch and DDP averages the model gradients: the model
+            (through the embeddings) gets 1/P of the full-batch gradient, while the loss's
+            parameters (proxies) get the full gradient. This holds at any actual world size,
+            including a single process standing in for the papers' 2 GPUs.
     """
 
-    def __init__(self, loss: torch.nn.Module):
+    def __init__(self, loss: torch.nn.Module, paper_world_size: int | None = None):
         super().__init__()
         if not isinstance(loss, torch.nn.Module):
             raise TypeError(f"loss must be a torch.nn.Module, got {type(loss).__name__}")
+        if paper_world_size is not None and (
+            isinstance(paper_world_size, bool)
+            or not isinstance(paper_world_size, int)
+            or paper_world_size < 1
+        ):
+            raise ValueError(
+                f"paper_world_size must be None or a positive integer, got {paper_world_size!r}"
+            )
         self.loss = loss
+        self.paper_world_size = paper_world_size
+
+    @property
+    def embedding_gradient_scale(self) -> float:
+        """Factor on the embeddings' gradient relative to the single-process gradient."""
+        return 1.0 if self.paper_world_size is None else 1.0 / self.paper_world_size
 
     def forward(
         self,
         embeddings: torch.Tensor,
         labels: torch.Tensor | None = None,
         indices_tuple: tuple[torch.Tensor, ...] | None = None,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+        enqueue_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        memory = isinstance(self.loss, CrossBatchMemory)
+        if memory and (ref_emb is not None or ref_labels is not None):
+            raise ValueError("CrossBatchMemory takes no ref_emb or ref_labels")
+        if not memory and enqueue_mask is not None:
+            raise ValueError("enqueue_mask is only for a CrossBatchMemory loss")
+        if ref_labels is not None and ref_emb is None:
+            raise ValueError("ref_labels given without ref_emb")
+        scale = self.embedding_gradient_scale
         if not is_distributed() or dist.get_world_size() == 1:
-            return self.loss(embeddings, labels, indices_tuple)
-        sizes = _gather_sizes(len(embeddings), embeddings.device)
-        all_embeddings = _GatherWithLocalGradient.apply(embeddings, sizes)
-        all_labels = None
-        if labels is not None:
-            labels = torch.as_tensor(labels, device=embeddings.device)
-            all_labels = _all_gather_variable(labels, sizes)
+            if scale != 1.0:
+                embeddings = _ScaleGradient.apply(embeddings, scale)
+                if ref_emb is not None:
+                    ref_emb = _ScaleGradient.apply(ref_emb, scale)
+            return self._call(embeddings, labels, indices_tuple, ref_emb, ref_labels, enqueue_mask)
+        world_size, rank = dist.get_world_size(), dist.get_rank()
+        device = embeddings.device
+        sizes = _gather_sizes(len(embeddings), device)
+        all_embeddings = _GatherWithLocalGradient.apply(embeddings, sizes, world_size * scale)
+        all_labels = self._gather_labels(labels, sizes, device)
+        all_ref = all_ref_labels = None
+        ref_offset = offset = sum(sizes[:rank])
+        if ref_emb is not None:
+            ref_sizes = _gather_sizes(len(ref_emb), device)
+            all_ref = _GatherWithLocalGradient.apply(ref_emb, ref_sizes, world_size * scale)
+            all_ref_labels = self._gather_labels(ref_labels, ref_sizes, device)
+            ref_offset = sum(ref_sizes[:rank])
         if indices_tuple is not None:
-            offset = sum(sizes[: dist.get_rank()])
-            indices_tuple = tuple(
-                self._gather_indices(idx.to(embeddings.device) + offset) for idx in indices_tuple
+            if memory:
+                raise ValueError(
+                    "indices_tuple with CrossBatchMemory is not supported under DDP (its "
+                    "indices refer to the memory, which the ranks share)"
+                )
+            indices_tuple = self._shift_indices(indices_tuple, offset, ref_offset, device)
+        if enqueue_mask is not None:
+            enqueue_mask = _all_gather_variable(torch.as_tensor(enqueue_mask, device=device), sizes)
+        return self._call(
+            all_embeddings, all_labels, indices_tuple, all_ref, all_ref_labels, enqueue_mask
+        )
+
+    def _call(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, enqueue_mask):
+        if isinstance(self.loss, CrossBatchMemory):
+            return self.loss(embeddings, labels, indices_tuple, enqueue_mask)
+        if ref_emb is None:
+            return self.loss(embeddings, labels, indices_tuple)
+        return self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+    @staticmethod
+    def _gather_labels(labels, sizes: list[int], device: torch.device):
+        if labels is None:
+            return None
+        return _all_gather_variable(torch.as_tensor(labels, device=device), sizes)
+
+    @classmethod
+    def _shift_indices(cls, indices_tuple, offset: int, ref_offset: int, device):
+        if len(indices_tuple) not in (3, 4):
+            raise ValueError(
+                f"indices_tuple must be pairs (a1, p, a2, n) or triplets (a, p, n), got "
+                f"{len(indices_tuple)} tensors"
             )
-        return self.loss(all_embeddings, all_labels, indices_tuple)
+        anchors = (0, 2) if len(indices_tuple) == 4 else (0,)
+        return tuple(
+            cls._gather_indices(idx.to(device) + (offset if i in anchors else ref_offset))
+            for i, idx in enumerate(indices_tuple)
+        )
 
     @staticmethod
     def _gather_indices(indices: torch.Tensor) -> torch.Tensor:

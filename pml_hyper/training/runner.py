@@ -25,7 +25,6 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import testers
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import logging_presets
-from pytorch_metric_learning.utils.inference import CustomKNN
 
 from .. import distances as hyper_distances
 from .. import losses as hyper_losses
@@ -40,7 +39,7 @@ from ..data import (
     train_transform,
 )
 from ..evaluation import RecallAtK, recall_metric_names
-from ..knn import HyperbolicKNN
+from ..knn import CosineKNN, HyperbolicKNN
 from ..models import EmbeddingModel, HIERHead
 from .config import build_config, dump_config
 from .distributed_loss_wrapper import DistributedLossWrapper, is_distributed
@@ -322,7 +321,7 @@ def build_tester(config: dict, end_of_testing_hook: Callable | None = None, devi
         c = config["model"]["head_kwargs"].get("c", 0.1)
         knn = HyperbolicKNN(c=c, backend="torch")
     else:
-        knn = CustomKNN(pml_distances.CosineSimilarity(), batch_size=1024)
+        knn = CosineKNN()
     k_values = config["eval"]["k_values"]
     calculator = RecallAtK(
         k_values,
@@ -483,10 +482,12 @@ class Runner:
         config, schedule = self.config, self.config["schedule"]
         trunk: torch.nn.Module = self.model
         loss: torch.nn.Module = self.loss
+        paper_world_size = config["distributed"]["paper_world_size"]
         if self.world_size > 1:
             unused = schedule["warmup_epochs"] > 0 and schedule["warmup_freeze"] == "requires_grad"
             trunk = torch.nn.parallel.DistributedDataParallel(trunk, find_unused_parameters=unused)
-            loss = DistributedLossWrapper(loss)
+        if self.world_size > 1 or paper_world_size is not None:
+            loss = DistributedLossWrapper(loss, paper_world_size=paper_world_size)
         sampler = self._sampler()
         batch_size = config["data"]["batch_size"]
         iterations = schedule["iterations_per_epoch"] or (

@@ -85,3 +85,37 @@ def test_labels_must_be_1d_integers():
         UniqueClassSampler(np.zeros((4, 2), dtype=int), batch_size=2)
     with pytest.raises(ValueError, match="1-D integer"):
         UniqueClassSampler(np.zeros(4), batch_size=2)
+
+
+def test_when_short_draws_without_replacement_unless_the_class_is_too_small():
+    # Hyp's safe_random_choice: classes of 1, 2 and 9 images, 2 views each.
+    labels = np.repeat(np.arange(3), [1, 2, 9])
+    positions = {c: np.flatnonzero(labels == c) for c in range(3)}
+    duplicates = dict.fromkeys(range(3), 0)
+    for seed in range(40):
+        sampler = UniqueClassSampler(
+            labels, batch_size=6, images_per_class=2, seed=seed, replacement="when_short"
+        )
+        for batch in batches(sampler):
+            for c in range(3):
+                views = batch[labels[batch] == c]
+                assert len(views) == 2 and set(views) <= set(positions[c])
+                duplicates[c] += views[0] == views[1]
+    assert duplicates[0] == 40 * (len(labels) // 6)  # one image: always the same file
+    assert duplicates[1] == duplicates[2] == 0
+
+
+def test_hier_replacement_repeats_images_of_large_classes():
+    labels = np.repeat(np.arange(3), [1, 2, 9])
+    repeats = sum(
+        int(batch[0] == batch[1])
+        for seed in range(40)
+        for batch in batches(UniqueClassSampler(labels, batch_size=2, seed=seed))
+        if labels[batch[0]] == 1
+    )
+    assert repeats > 0  # with replacement, a 2-image class sometimes gives one file twice
+
+
+def test_bad_replacement_value():
+    with pytest.raises(ValueError, match="when_short"):
+        UniqueClassSampler(LABELS, batch_size=4, replacement="sometimes")

@@ -196,3 +196,16 @@ def test_unknown_backbone_lists_the_supported_ones():
         EmbeddingModel("resnet18", 8)
     with pytest.raises(ValueError, match="embedding_size"):
         EmbeddingModel("resnet50", 0)
+
+
+def test_distilled_deit_trains_on_cls_and_evaluates_on_the_token_mean():
+    torch.manual_seed(0)
+    model = EmbeddingModel("deit_small_distilled_patch16_224", 16, head="hier")
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        tokens = model.eval().backbone.forward_features(images)
+        eval_features = model.features(images)
+        train_features = model.train().features(images)
+    torch.testing.assert_close(eval_features, (tokens[:, 0] + tokens[:, 1]) / 2)
+    torch.testing.assert_close(train_features, tokens[:, 0])  # no dropout or drop-path in DeiT-S
+    assert not torch.allclose(train_features, eval_features)

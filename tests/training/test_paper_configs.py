@@ -77,3 +77,47 @@ def test_paper_metrics_are_evaluated(path):
     evaluated = recall_metric_names(config["eval"]["k_values"])
     assert set(config["paper"]["metrics"]) <= set(evaluated)
     assert config["eval"]["primary_metric"] in evaluated
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_sampling_follows_each_familys_released_sampler(path):
+    data = load_config(path)["data"]
+    family = path.stem.split("_")[0]
+    if family == "hyp":  # hyp_metric's safe_random_choice
+        assert data["replacement"] == "when_short"
+    elif data["sampler"] == "unique_class":  # HIER's sampler draws with replacement
+        assert data["replacement"] is True
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in CONFIGS if p.stem.startswith("hyp_")], ids=lambda p: p.stem
+)
+def test_hyp_recipes_use_hyps_loss(path):
+    config = load_config(path)
+    (term,) = config["loss"]["terms"]
+    if config["data"]["images_per_class"] > 2:  # NTXent differs from Hyp beyond 2 views
+        assert term["type"] == "HypLoss" and term["weight"] == 1.0
+        assert term["kwargs"] == {"temperature": 0.2, "c": 0.1}
+    else:
+        assert (term["type"], term["weight"]) in {("NTXentLoss", 2.0), ("HypLoss", 1.0)}
+    assert "same optimum" not in path.read_text()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_recipe_records_selection_batch_and_gradient_ratio(path):
+    config = load_config(path)
+    family = path.stem.split("_")[0]
+    assert config["paper"]["selection"] == ("last" if family == "hyp" else "best")
+    if family == "hist":
+        return
+    header = "".join(line for line in path.read_text().splitlines(True) if line.startswith("#"))
+    batch = config["data"]["batch_size"]
+    assert f"global {batch}" in header and "--nproc_per_node N" in header
+    assert f"data.batch_size={batch}/N" in header
+    expected = 2 if family == "hier" else 1
+    assert config["distributed"]["paper_world_size"] == expected
+
+
+@pytest.mark.parametrize("path", sorted(PAPER_DIR.glob("hier_inshop_*.yaml")), ids=lambda p: p.stem)
+def test_hier_inshop_evaluates_every_epoch(path):
+    assert load_config(path)["eval"]["every"] == 1  # every released In-shop script

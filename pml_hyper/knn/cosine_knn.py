@@ -1,0 +1,205 @@
+"""Exact cosine k-nearest neighbours as a PML ``knn_func`` (see ``docs/cosine_knn.md``)."""
+
+from __future__ import annotations
+
+import torch
+from pytorch_metric_learning.utils.inference import return_results
+
+from .hyperbolic_knn import (
+    BACKENDS,
+    CHUNK_BYTES,
+    _candidate_inner,
+    _faiss_search,
+    _float64_blocks,
+    _is_leading_rows,
+    _torch_search,
+    faiss_available,
+)
+
+
+class CosineKNN:
+    """Exact k nearest neighbours by cosine similarity, a drop-in for PML's
+    ``CustomKNN(CosineSimilarity())``.
+
+    ``__call__(query, k, reference=None, ref_includes_query=False) -> (similarities, indices)``,
+    both ``(Nq, k)``, most similar first; with ``ref_includes_query`` the queries are
+    ``reference[:Nq]`` and each query's own index is removed (PML's ``return_results``), so a
+    duplicate of the query stays in its neighbours.
+
+    Method: the rows are L2-normalised (norms in float64) and rounded to float32; a float32
+    inner-product search (faiss's exact ``knn`` on the CPU, or a chunked GEMM + top-k on the
+    embeddings' device) returns ``k + rerank`` candidates. Every float32 score is within a
+    rigorous bound of the exact cosine, so only the candidates that can still reach the k-th
+    get float64 similarities ⟨x, y⟩/(‖x‖‖y‖). A query is certified when its k-th exact
+    similarity exceeds the last candidate's float32 score plus the bound (no other reference can
+    beat it); the rest are searched again by a float64 brute force. The neighbours are those of
+    a float64 brute force.
+
+    Args:
+        backend: ``"faiss"`` (faiss-cpu), ``"torch"`` (matmul on the query's device), or
+            ``"auto"``: torch for CUDA inputs, faiss when installed, torch otherwise.
+        rerank: extra candidates per query for the float64 re-ranking.
+
+    Raises ``ValueError`` for non-finite or zero-norm rows (their cosine is undefined).
+    """
+
+    def __init__(self, backend: str = "auto", rerank: int = 16):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "faiss" and not faiss_available():
+            raise ImportError(
+                "CosineKNN(backend='faiss') needs faiss: pip install 'pml-hyper[faiss]' "
+                "(faiss-cpu), or use backend='torch'"
+            )
+        if rerank < 0:
+            raise ValueError(f"rerank must be >= 0, got {rerank}")
+        self.backend = backend
+        self.rerank = rerank
+        self.reference: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"CosineKNN(backend={self.backend!r}, rerank={self.rerank})"
+
+    # ------------------------------------------------------------ InferenceModel index API
+    def train(self, embeddings: torch.Tensor) -> None:
+        """Store ``embeddings`` (N, D) as the reference set (replaces any previous one)."""
+        self.reference = None
+        self.add(embeddings)
+
+    def add(self, embeddings: torch.Tensor) -> None:
+        """Append ``embeddings`` (N, D) to the stored reference set."""
+        embeddings = torch.as_tensor(embeddings).detach()
+        _check_2d(embeddings, "embeddings")
+        if self.reference is None:
+            self.reference = embeddings.clone()
+        else:
+            self.reference = torch.cat([self.reference, embeddings.to(self.reference)])
+
+    def reset(self) -> None:
+        self.reference = None
+
+    # ------------------------------------------------------------ search
+    def __call__(
+        self,
+        query: torch.Tensor,
+        k: int,
+        reference: torch.Tensor | None = None,
+        ref_includes_query: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if reference is None:
+            if self.reference is None:
+                raise ValueError("no reference set: pass reference= or call train(embeddings)")
+            reference = self.reference
+        query, reference = torch.as_tensor(query), torch.as_tensor(reference)
+        _check_2d(query, "query")
+        _check_2d(reference, "reference")
+        if query.shape[1] != reference.shape[1]:
+            raise ValueError(
+                f"query has {query.shape[1]} dimensions but reference has {reference.shape[1]}"
+            )
+        k_search = int(k) + int(ref_includes_query)
+        if not 1 <= k_search <= len(reference):
+            raise ValueError(
+                f"k={k} is out of range for {len(reference)} reference points"
+                + (" (one is the query itself)" if ref_includes_query else "")
+            )
+        out_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+        with torch.no_grad():
+            sims, indices = self._search(
+                query.detach(), reference.detach(), k_search, _is_leading_rows(query, reference)
+            )
+        sims = sims.to(device=query.device, dtype=out_dtype)
+        return return_results(sims, indices.to(query.device), ref_includes_query)
+
+    def _resolve_backend(self, device: torch.device) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "faiss" if device.type == "cpu" and faiss_available() else "torch"
+
+    def _search(
+        self, query: torch.Tensor, reference: torch.Tensor, k: int, leading: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """k most similar of ``query`` (Nq, D) in ``reference`` (N, D): 2 × (Nq, k)."""
+        backend = self._resolve_backend(query.device)
+        device = torch.device("cpu") if backend == "faiss" else query.device
+        y = reference.to(device)
+        y_norm, y32 = _normalised(y, "reference")
+        if leading:
+            x, x_norm, x32 = y[: len(query)], y_norm[: len(query)], y32[: len(query)]
+        else:
+            x = query.to(device)
+            x_norm, x32 = _normalised(x, "query")
+        x64 = x.to(torch.float64)
+        n_cand = min(k + self.rerank, len(y))
+        if n_cand == len(y):
+            return _float64_search(x64, x_norm, y, y_norm, k)
+        search32 = _faiss_search if backend == "faiss" else _torch_search
+        scores, cand = search32(x32, y32, n_cand)
+        scores, cand = scores.to(device=device, dtype=torch.float64), cand.to(device)
+        bound = _score_error_bound(y.shape[1], x32.is_cuda)
+        # a candidate scoring below s_k - 2·bound cannot be among the k most similar
+        can_be_nearest = scores[:, k:] >= (scores[:, k - 1] - 2 * bound)[:, None]
+        cand_prefix = cand[:, : k + int(can_be_nearest.any(0).sum())]
+        exact = _candidate_inner(x64, y, cand_prefix) / (x_norm[:, None] * y_norm[cand_prefix])
+        sims, order = torch.topk(exact, k, dim=1)
+        indices = cand_prefix.gather(1, order)
+        redo = scores[:, -1] + bound >= sims[:, -1]
+        if redo.any():
+            rows = redo.nonzero().squeeze(1)
+            sims[rows], indices[rows] = _float64_search(x64[rows], x_norm[rows], y, y_norm, k)
+        return sims, indices
+
+
+def _check_2d(x: torch.Tensor, name: str) -> None:
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, embedding_size), got shape {tuple(x.shape)}")
+    if x.is_complex() or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+
+
+def _normalised(x: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 row norms ``(N,)`` of ``x`` (N, D) and the float32 unit rows ``(N, D)``,
+    converted block by block. Raises ``ValueError`` for non-finite or zero rows."""
+    norms = torch.empty(len(x), dtype=torch.float64, device=x.device)
+    unit = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    for start, block in _float64_blocks(x):
+        rows = slice(start, start + len(block))
+        norms[rows] = torch.linalg.vector_norm(block, dim=1)
+        unit[rows] = block / norms[rows, None]
+    if not torch.isfinite(norms).all():
+        raise ValueError(f"{name} has non-finite values")
+    if (norms == 0).any():
+        row = int((norms == 0).nonzero()[0])
+        raise ValueError(f"{name} row {row} is zero: its cosine similarity is undefined")
+    return norms, unit
+
+
+def _score_error_bound(length: int, tf32: bool) -> float:
+    """Bound on |float32 score - exact cosine| for unit rows rounded to float32: a dot product
+    of length L with unit roundoff u errs by at most γ·Σ|a_i b_i| ≤ γ·‖a‖‖b‖,
+    γ = L·u/(1 - L·u); the rounding of the normalised rows adds about 2u(1 + L·u)."""
+    unit = torch.finfo(torch.float32).eps / 2
+    if tf32 and torch.backends.cuda.matmul.allow_tf32:
+        unit = 2.0**-11
+    gamma = length * unit / (1 - length * unit)
+    rounding = torch.finfo(torch.float32).eps * (1 + length * torch.finfo(torch.float32).eps)
+    return (gamma + rounding) * (1 + rounding) + 1e-12
+
+
+def _float64_search(
+    x: torch.Tensor, x_norm: torch.Tensor, y: torch.Tensor, y_norm: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brute force ⟨x, y⟩/(‖x‖‖y‖) in float64: ``(Nq, D), (Nq,), (N, D), (N,) -> 2 × (Nq, k)``
+    over float64 blocks of ``y``, query chunks of at most CHUNK_BYTES of scores."""
+    sims = torch.empty(len(x), k, dtype=torch.float64, device=x.device)
+    indices = torch.empty(len(x), k, dtype=torch.long, device=x.device)
+    step = max(1, CHUNK_BYTES // (len(y) * 8))
+    for s in range(0, len(x), step):
+        chunk, norms = x[s : s + step], x_norm[s : s + step, None]
+        scores = torch.empty(len(chunk), len(y), dtype=torch.float64, device=x.device)
+        for start, block in _float64_blocks(y):
+            rows = slice(start, start + len(block))
+            torch.mm(chunk, block.T, out=scores[:, rows])
+            scores[:, rows] /= norms * y_norm[None, rows]
+        sims[s : s + step], indices[s : s + step] = torch.topk(scores, k, dim=1)
+    return sims, indices
