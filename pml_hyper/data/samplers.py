@@ -1,5 +1,5 @@
-"""Class-balanced batches for metric learning, with a distributed split (hier.md §9, hist.md §5.6,
-pml_integration.md §8.3)."""
+"""Class-balanced batches for metric learning, with a distributed split (docs/hier.md#data, docs/hist.md#data,
+docs/pml.md#trainers)."""
 
 from __future__ import annotations
 

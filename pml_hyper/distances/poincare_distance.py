@@ -1,4 +1,4 @@
-"""Poincaré-ball distance as a PML distance (hyperbolic.md §5, pml_integration.md §5)."""
+"""Poincaré-ball distance as a PML distance (docs/hyperbolic.md#pairwise-distance, docs/pml.md#distances)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ class PoincareDistance(BaseDistance):
     """d_c(x, y) = (2/√c) artanh(√c ‖(-x) ⊕_c y‖), usable wherever PML takes a ``distance=``.
 
     ``compute_mat`` returns the (N, M) matrix with O(N·M) memory, exact at zero distance and with
-    finite gradients there (hyperbolic.md §5.2); ``pairwise_distance`` the row-wise (N,) values.
+    finite gradients there (docs/hyperbolic.md#pairwise-distance); ``pairwise_distance`` the row-wise (N,) values.
     The math runs in float32 or float64 with autocast disabled; half-precision input gives a
     float32 matrix.
 
@@ -24,7 +24,7 @@ class PoincareDistance(BaseDistance):
         c: curvature magnitude (0.1 in HIER and Hyp).
         official: the papers' epsilons (+1e-5 in the Möbius denominator, c rounded to float32,
             straight-through artanh clamp), for golden parity only. Differs from the exact
-            distance by up to ~2.4e-5 relative (hyperbolic.md §4).
+            distance by up to ~2.4e-5 relative (docs/hyperbolic.md#official-distance).
         check_inputs: validate finiteness and ball membership (one host sync per call).
         **kwargs: passed to ``BaseDistance`` (``power``, ``collect_stats``, ...).
     """

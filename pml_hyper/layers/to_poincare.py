@@ -1,4 +1,4 @@
-"""Map Euclidean features into the Poincaré ball (hyperbolic.md §3, hier.md §2.2)."""
+"""Map Euclidean features into the Poincaré ball (docs/hyperbolic.md#topoincare, docs/hier.md#head)."""
 
 from __future__ import annotations
 

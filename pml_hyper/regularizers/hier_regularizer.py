@@ -1,4 +1,4 @@
-"""Label-free HIER as a PML embedding regularizer (``spec/pml_integration.md`` §4.4)."""
+"""Label-free HIER as a PML embedding regularizer (docs/pml.md#regularizers)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """All-gather wrapper for metric losses under DDP, with single-process gradients
-(pml_integration.md §9.1)."""
+(docs/pml.md#distributed)."""
 
 from __future__ import annotations
 

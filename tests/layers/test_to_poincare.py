@@ -1,4 +1,4 @@
-"""ToPoincare: clipping bound, Riemannian rescale, precision, bad input (hier.md §2.2)."""
+"""ToPoincare: clipping bound, Riemannian rescale, precision, bad input (docs/hier.md#head)."""
 
 import math
 
@@ -38,7 +38,7 @@ def test_no_clip_equals_projected_expmap():
 
 
 def test_riemannian_rescale_of_gradient():
-    """The gradient w.r.t. z is scaled row-wise by (1 - c‖z‖²)²/4 (hyperbolic.md §3.3)."""
+    """The gradient w.r.t. z is scaled row-wise by (1 - c‖z‖²)²/4 (docs/hyperbolic.md#topoincare)."""
     u = torch.randn(10, 6, dtype=torch.float64)
     w = torch.randn(10, 6, dtype=torch.float64)
     grads = {}
