@@ -1,5 +1,5 @@
-"""Class-balanced batches for metric learning, with a distributed split (docs/hier.md#data, docs/hist.md#data,
-docs/pml.md#trainers)."""
+"""Class-balanced batches for metric learning, with a distributed split (docs/hier.md#data,
+docs/hist.md#data, docs/pml.md#trainers)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Poincaré-ball distance as a PML distance (docs/hyperbolic.md#pairwise-distance, docs/pml.md#distances)."""
+"""Poincaré-ball distance for PML (docs/hyperbolic.md#pairwise-distance, docs/pml.md#distances)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ class PoincareDistance(BaseDistance):
     """d_c(x, y) = (2/√c) artanh(√c ‖(-x) ⊕_c y‖), usable wherever PML takes a ``distance=``.
 
     ``compute_mat`` returns the (N, M) matrix with O(N·M) memory, exact at zero distance and with
-    finite gradients there (docs/hyperbolic.md#pairwise-distance); ``pairwise_distance`` the row-wise (N,) values.
+    finite gradients there (docs/hyperbolic.md#pairwise-distance); ``pairwise_distance``: (N,) values.
     The math runs in float32 or float64 with autocast disabled; half-precision input gives a
     float32 matrix.
 

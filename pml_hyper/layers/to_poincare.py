@@ -1,4 +1,4 @@
-"""Map Euclidean features into the Poincaré ball (docs/hyperbolic.md#topoincare, docs/hier.md#head)."""
+"""Euclidean features into the Poincaré ball (docs/hyperbolic.md#topoincare, docs/hier.md#head)."""
 
 from __future__ import annotations
 

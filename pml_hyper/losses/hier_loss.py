@@ -1,7 +1,7 @@
 """HIER: hierarchical proxies in hyperbolic space (Kim, Jeong, Kwak, CVPR 2023) as a PML loss.
 
 S. Kim, B. Jeong, S. Kwak, "HIER: Metric Learning Beyond Class Labels via Hierarchical
-Regularization", CVPR 2023. Anchors such as (#mining) refer to ``docs/hier.md``, which states what the
+Regularization", CVPR 2023. Anchors (#mining) refer to ``docs/hier.md``, which states what the
 authors' code computes.
 """
 
@@ -236,7 +236,7 @@ class HIERLoss(BaseMetricLossFunction):
     (:meth:`param_groups`).
 
     Only B×M, M×M and a detached B×B distance matrix are built (O(N·M) memory each,
-    docs/hyperbolic.md#pairwise-distance), never the official (B+M)²×D tensor; mining is vectorised on the
+    #pairwise-distance in docs/hyperbolic.md), not the (B+M)²×D tensor; mining is vectorised on the
     device. The hyperbolic math runs in float32 (float64 if the embeddings or θ are float64)
     with autocast disabled, and θ stays float32 under autocast (it is only cast locally). All
     randomness (triplet draws, Gumbel noise) comes from ``generator``.

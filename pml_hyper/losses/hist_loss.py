@@ -314,7 +314,7 @@ class HISTLoss(BaseMetricLossFunction):
     def _underflow_keep_mask(
         self, logits: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor | None:
-        """The official float32 mask P_i ≠ 0 (#distribution-loss), or None when the option is off."""
+        """The official float32 mask P_i ≠ 0 (#distribution-loss), or None if the option is off."""
         if not self.official_underflow_mask:
             return None
         with torch.no_grad():

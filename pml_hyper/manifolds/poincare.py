@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import torch
 
 PROJECTION_EPS = 1e-3
-"""Relative distance to the boundary kept by :meth:`PoincareBall.project` (docs/hyperbolic.md#operations)."""
+"""Relative distance to the boundary kept by :meth:`PoincareBall.project` (docs/hyperbolic.md)."""
 
 OFFICIAL_EPS = 1e-5
 """The papers' epsilon: norm floors, Möbius denominator, artanh clamp."""
@@ -100,7 +100,7 @@ def check_finite(x: torch.Tensor, name: str = "x") -> None:
 
 
 class PoincareBall:
-    """The Poincaré ball {x : c‖x‖² < 1} of curvature -c (docs/hyperbolic.md; bare #anchors below refer to it).
+    """The Poincaré ball {x : c‖x‖² < 1} of curvature -c (docs/hyperbolic.md, anchors below).
 
     Args:
         c: curvature magnitude (> 0). HIER and Hyp use 0.1 (radius 3.1623).
@@ -222,7 +222,7 @@ class PoincareBall:
         return 2 / self.sqrt_c * self._artanh(self.sqrt_c * ratio)
 
     def _denominator(self, inner: torch.Tensor, x2: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
-        """den(x, y) = 1 - 2c⟨x,y⟩ + c²‖x‖²‖y‖², the denominator of (-x) ⊕_c y (#pairwise-distance)."""
+        """den(x, y) = 1 - 2c⟨x,y⟩ + c²‖x‖²‖y‖², denominator of (-x) ⊕_c y (#pairwise-distance)."""
         c = self.c
         return 1 - 2 * c * inner + c**2 * x2 * y2
 
@@ -239,7 +239,7 @@ class PoincareBall:
         return self._distance_from_parts(e, self._denominator(inner, x_sqnorm, y_sqnorm))
 
     def dist(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Row-wise distance d_c(x_i, y_i) (#operations, #pairwise-distance): ``(..., n), (..., n) -> (...)``."""
+        """Row-wise distance d_c(x_i, y_i) (#pairwise-distance): ``(..., n), (..., n) -> (...)``."""
         self.check_point(x, "x")
         self.check_point(y, "y")
         with full_precision(x, y) as (x, y):
@@ -281,11 +281,11 @@ class PoincareBall:
 
     # ------------------------------------------------------------------ Lorentz lift
     def to_lorentz(self, x: torch.Tensor, sq_norm: torch.Tensor | None = None) -> torch.Tensor:
-        """Lift to the unit hyperboloid: ``(..., n) -> (..., n + 1)`` (docs/hyperbolic.md#exact-knn).
+        """Lift to the unit hyperboloid: ``(..., n) -> (..., n + 1)`` (#exact-knn).
 
         X₀ = (1 + c‖x‖²)/(1 - c‖x‖²), X_i = 2√c x_i/(1 - c‖x‖²), so that
         cosh(√c d_c(x, y)) = X₀Y₀ - Σ X_iY_i. Negating X₀ of the queries turns nearest
-        neighbours into a maximum-inner-product search (#exact-knn). ``sq_norm`` (``(...)``, optional)
+        neighbours into a max-inner-product search (#exact-knn). ``sq_norm`` (``(...)``, optional)
         is ‖x‖² when the caller already has it.
         """
         self.check_point(x, "x")

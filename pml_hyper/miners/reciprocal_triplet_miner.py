@@ -172,7 +172,7 @@ class ReciprocalTripletMiner(BaseMiner):
         ref_labels: torch.Tensor | None = None,
         same_set: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boolean ``(n, m)`` masks (Pos, Neg) of each anchor's positives and negatives (docs/hier.md#mining).
+        """Boolean ``(n, m)`` masks (Pos, Neg) of each anchor's positives and negatives (#mining).
 
         ``mat`` is an ``(n, m)`` distance matrix (detached here); ``same_set=True`` means the
         rows and the columns are the same points (``mat`` is square, its diagonal holds the

@@ -63,7 +63,7 @@ class BackboneSpec:
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    # HIST/HIER ResNet-50: torchvision ImageNet-1k v1 weights, HIST's transforms (docs/hist.md#data).
+    # HIST/HIER ResNet-50: torchvision ImageNet-1k v1 weights, HIST transforms (docs/hist.md#data).
     "resnet50": BackboneSpec("resnet50.tv_in1k", "gap_gmp", (0.08, 1.0)),
     # HIER ViT recipes (docs/hier.md#data): scale (0.2, 1).
     "deit_small_distilled_patch16_224": BackboneSpec(

@@ -44,7 +44,7 @@ class MetricLossTrainer(MetricLossOnly):
             them into half precision in place, docs/pml.md#parameters, #amp).
         channels_last: feed 4-D image batches in ``channels_last`` memory format.
         warmup_epochs: the first ``warmup_epochs`` epochs train with the parameters of
-            ``warmup_modules`` frozen (``requires_grad=False``, as HIST does, docs/hist.md#warm-up); their
+            ``warmup_modules`` frozen (``requires_grad=False``, docs/hist.md#warm-up); their
             previous ``requires_grad`` flags come back afterwards. HIER's variant (backbone lr 0,
             docs/hier.md#optimizer) is a learning-rate schedule instead: see ``runner.lr_lambdas``.
         warmup_modules: the modules frozen during warm-up (the backbone).

@@ -38,7 +38,7 @@ def test_no_clip_equals_projected_expmap():
 
 
 def test_riemannian_rescale_of_gradient():
-    """The gradient w.r.t. z is scaled row-wise by (1 - c‖z‖²)²/4 (docs/hyperbolic.md#topoincare)."""
+    """The gradient w.r.t. z is scaled by (1 - c‖z‖²)²/4 (docs/hyperbolic.md#topoincare)."""
     u = torch.randn(10, 6, dtype=torch.float64)
     w = torch.randn(10, 6, dtype=torch.float64)
     grads = {}

@@ -35,7 +35,7 @@ def make_loss(seed=0, **kwargs):
 
 
 def reference_loss(hist, x, y, weights=None):
-    """Naive broadcast formulation (docs/hist.md#distances, #hgnn), float64, independent of the module's math."""
+    """Naive broadcast formulation (docs/hist.md#distances, #hgnn), float64, module-independent."""
     x = x.double()
     mu, s = hist.means.double(), hist.log_vars.double()
     x_hat, mu_hat = F.normalize(x, dim=1), F.normalize(mu, dim=1)

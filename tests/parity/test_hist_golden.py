@@ -1,4 +1,4 @@
-"""HISTLoss against the authors' code: every record of ``hist_golden.pt`` (golden.md, hist_golden.pt / checklist)."""
+"""HISTLoss against the authors' code: every record of ``hist_golden.pt`` (golden.md, checklist)."""
 
 import pytest
 import torch
@@ -33,7 +33,7 @@ def _dtype(rec: dict) -> torch.dtype:
 
 
 def _state_dict(state: dict) -> dict:
-    """Golden ``{"d2hg": ..., "hgnn": ...}`` state -> HISTLoss state-dict names (golden.md, name mapping)."""
+    """Golden ``{"d2hg": ..., "hgnn": ...}`` -> HISTLoss state-dict names (golden.md)."""
     return {**state["d2hg"], **{f"hgnn.{k}": v for k, v in state["hgnn"].items()}}
 
 
@@ -185,7 +185,7 @@ def test_adam_step_from_param_groups_matches_official(hist_golden, case, officia
 
 @pytest.mark.parametrize("case", ["tiny/float32", "cub_like/float32"])
 def test_default_init_matches_official_init(hist_golden, case):
-    """With the same seed, HISTLoss draws exactly the official initial state (docs/hist.md#initialisation)."""
+    """With the same seed, HISTLoss draws the official init (docs/hist.md#initialisation)."""
     rec = hist_golden["cases"][case]
     cfg = rec["config"]
     with torch.random.fork_rng():

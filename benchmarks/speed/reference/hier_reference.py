@@ -75,7 +75,7 @@ def dist_matrix(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
 
 
 def mine_triplets(sim: torch.Tensor, topk: int, t: int, rng: np.random.RandomState) -> torch.Tensor:
-    """(T, 3) mutual top-k triplets, anchor loop with per-anchor host syncs (docs/hier.md#mining)."""
+    """(T, 3) mutual top-k triplets, anchor loop, per-anchor host syncs (docs/hier.md#mining)."""
     n = len(sim)
     top = torch.zeros(n, n, device=sim.device).scatter_(1, sim.topk(topk, dim=1).indices, 1)
     relation = (top + top.T) / 2
