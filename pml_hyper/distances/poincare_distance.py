@@ -12,7 +12,7 @@ class PoincareDistance(BaseDistance):
     """d_c(x, y) = (2/√c) artanh(√c ‖(-x) ⊕_c y‖), usable wherever PML takes a ``distance=``.
 
     ``compute_mat`` returns the (N, M) matrix with O(N·M) memory, exact at zero distance and with
-    finite gradients there (docs/hyperbolic.md#pairwise-distance); ``pairwise_distance``: (N,) values.
+    finite gradients there (docs/hyperbolic.md#pairwise-distance); ``pairwise_distance``: (N,).
     The math runs in float32 or float64 with autocast disabled; half-precision input gives a
     float32 matrix.
 

@@ -1,4 +1,4 @@
-"""HIER parity with official code (golden.md HIER cases): replay of the recorded triplets and noise."""
+"""HIER parity with official code (golden.md HIER cases): replay of recorded triplets, noise."""
 
 import importlib.util
 from pathlib import Path
@@ -20,7 +20,7 @@ REFERENCE = (
 
 
 def tolerances(dtype: torch.dtype) -> dict[str, float]:
-    """golden.md HIER tolerances (rtol for losses, atol factors × max|ref| for distances and gradients)."""
+    """golden.md HIER tolerances (rtol for losses, atol factors × max|ref| for distances, grads)."""
     if dtype == torch.float64:
         return {"loss": 1e-9, "dist": 1e-9, "grad": 1e-9, "grad_rtol": 1e-9}
     return {"loss": 1e-5, "dist": 2e-5, "grad": 1e-4, "grad_rtol": 0.0}
