@@ -55,7 +55,7 @@ class RecallAtK(AccuracyCalculator):
         k_values: the Ks; see ``CUB_CARS_K_VALUES``, ``SOP_K_VALUES``, ``INSHOP_K_VALUES``.
         exclude_lone_queries: drop lone queries from the recall, as PML's metrics do.
         official_inshop_mask: reproduce the HIER query/gallery quirk (docs/hier.md#evaluation,
-            golden.md): for query i, the unrelated reference item at position i is also
+            quirk 14): for query i, the unrelated reference item at position i is also
             removed. For parity tests only; it changes every kNN metric of the calculator.
         **accuracy_calculator_kwargs: ``AccuracyCalculator`` arguments (``include``,
             ``exclude``, ``knn_func``, ``device``, ...). ``k`` defaults to ``"max_bin_count"``

@@ -179,7 +179,7 @@ def hier_triplet_loss(
     STGumbelHard(a, g) is one-hot(argmax softmax(a + g)) in the forward pass and has the
     gradient of softmax(a + g) (straight-through; Gumbel-softmax temperature 1, τ enters only
     through the logits). ``noise_*`` are the Gumbel samples themselves, g = −log(e) with
-    e ~ Exp(1), so recorded draws can be replayed (golden.md, replay).
+    e ~ Exp(1), so recorded draws can be replayed (the parity tests do).
 
     Computed in float32 (float64 for float64 input) with autocast disabled.
 
