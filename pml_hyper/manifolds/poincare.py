@@ -1,4 +1,4 @@
-"""Poincaré-ball geometry of curvature -c (``shared/spec/hyperbolic.md``).
+"""Poincaré-ball geometry of curvature -c (``docs/hyperbolic.md``).
 
 All operations are row-wise over the last dimension of ``(..., n)`` tensors, except
 ``pairwise_dist`` which returns an ``(N, M)`` matrix. They run in float32 (or float64 when an input

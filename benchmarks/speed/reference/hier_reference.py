@@ -10,7 +10,7 @@ Written from the specification, not from the authors' code. It reproduces their 
   weighted sums over all M candidates.
 
 With ``numpy.random.RandomState(seed + 1)`` and ``torch.manual_seed(seed + 1)`` it draws exactly
-the official triplets and noise (those of the golden HIER records). The parameter name ``lcas`` matches
+the official triplets and noise (as in the golden HIER records). The parameter name ``lcas`` matches
 ``pml_hyper.losses.HIERLoss`` so that one state dict serves both.
 """
 
