@@ -3,7 +3,7 @@
 A linear head followed by ``ToPoincare(c=0.1, clip_r=2.3, riemannian=False)`` is trained with
 ``NTXentLoss(temperature=0.2, distance=PoincareDistance(c=0.1))`` on random two-view data (each
 class seen twice per batch, as in Hyp's sampler). With two views per class this PML loss equals
-half the Hyp paper's loss (shared/spec/hier.md §13.2).
+half the Hyp paper's loss (docs/hier.md#hyp).
 
     python examples/hyp_loss.py
 """

@@ -5,8 +5,8 @@ affine, Linear, ``ToPoincare(riemannian=True)``), batches of 2 images per class,
 ``MultipleLosses({"proxy_anchor": ProxyAnchorLoss, "hier": HIERLoss})`` (weights 1, 0.5) and
 AdamW with HIER's proxy learning-rate factors. The data are synthetic: each class is a Gaussian
 blob in 16 informative dimensions, hidden among 48 dimensions of larger nuisance noise; the test
-classes are disjoint from the training classes, as in CUB/Cars. Recall@1 uses the Poincaré distance through
-``HyperbolicKNN``. Runs in well under a minute on a CPU::
+classes are disjoint from the training classes, as in CUB/Cars. Recall@1 uses the Poincaré
+distance through ``HyperbolicKNN``. Runs in well under a minute on a CPU::
 
     python examples/pa_plus_hier.py --steps 300
 """

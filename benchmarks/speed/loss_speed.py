@@ -44,11 +44,11 @@ from .reference.hist_reference import HISTReference
 
 HERE = Path(__file__).resolve().parent
 LOSS_RTOL = 1e-5
-# The HIST broadcast formulation keeps about six (B, C, D) float32 tensors alive (hist.md §9:
+# The HIST broadcast formulation keeps about six (B, C, D) float32 tensors alive (docs/hist.md#cost:
 # 4.5 GB at B=32, C=11,318, D=512); a reference run predicted above MEMORY_FRACTION of the
 # available memory is skipped instead of being killed by the OOM killer.
 HIST_REFERENCE_BCD_TENSORS = 6
-# The HIER reference keeps about seven (B+M)²×D float32 tensors (hier.md §11: 6.9 GiB at B=180,
+# The HIER reference keeps about seven (B+M)²×D float32 tensors (docs/hier.md#cost: 6.9G at B=180,
 # M=512, D=512); eight are budgeted.
 HIER_REFERENCE_PAIR_TENSORS = 8
 MEMORY_FRACTION = 0.8

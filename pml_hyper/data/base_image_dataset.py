@@ -1,4 +1,4 @@
-"""Common logic of the image datasets: split check, labels, image loading (hist.md §5.6)."""
+"""Common logic of the image datasets: split check, labels, image loading (docs/hist.md#data)."""
 
 from __future__ import annotations
 

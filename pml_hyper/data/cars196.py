@@ -1,4 +1,4 @@
-"""Stanford Cars-196 in its official archive layout (hist.md §5.6, hier.md §9)."""
+"""Stanford Cars-196 in its official archive layout (docs/hist.md#data, docs/hier.md#data)."""
 
 from __future__ import annotations
 

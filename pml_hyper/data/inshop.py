@@ -1,4 +1,4 @@
-"""DeepFashion In-shop Clothes Retrieval in its official layout (hier.md §9, §10)."""
+"""DeepFashion In-shop Clothes Retrieval in its official layout (docs/hier.md#data, #evaluation)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stanford Online Products in its official archive layout (hist.md §5.6, hier.md §9)."""
+"""Stanford Online Products in its official layout (docs/hist.md#data, docs/hier.md#data)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Recall@K as a PML accuracy calculator, with the papers' protocols (hist.md §6, hier.md §10,
-pml_integration.md §10.1)."""
+"""Recall@K as a PML accuracy calculator (docs/hist.md#evaluation, docs/hier.md#evaluation,
+docs/pml.md#evaluation)."""
 
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ class RecallAtK(AccuracyCalculator):
     Args:
         k_values: the Ks; see ``CUB_CARS_K_VALUES``, ``SOP_K_VALUES``, ``INSHOP_K_VALUES``.
         exclude_lone_queries: drop lone queries from the recall, as PML's metrics do.
-        official_inshop_mask: reproduce the official HIER query/gallery quirk (hier.md §10,
-            golden.md §4.3): for query i, the unrelated reference item at position i is also
+        official_inshop_mask: reproduce the HIER query/gallery quirk (docs/hier.md#evaluation,
+            quirk 14): for query i, the unrelated reference item at position i is also
             removed. For parity tests only; it changes every kNN metric of the calculator.
         **accuracy_calculator_kwargs: ``AccuracyCalculator`` arguments (``include``,
             ``exclude``, ``knn_func``, ``device``, ...). ``k`` defaults to ``"max_bin_count"``

@@ -1,4 +1,4 @@
-"""Exact hyperbolic k-nearest neighbours as a PML ``knn_func`` (hyperbolic.md §6)."""
+"""Exact hyperbolic k-nearest neighbours as a PML ``knn_func`` (docs/hyperbolic.md#exact-knn)."""
 
 from __future__ import annotations
 

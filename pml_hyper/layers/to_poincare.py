@@ -1,4 +1,4 @@
-"""Map Euclidean features into the Poincaré ball (Khrulkov et al. 2020; HIER, CVPR 2023, §3.2)."""
+"""Euclidean features into the Poincaré ball (docs/hyperbolic.md#topoincare, docs/hier.md#head)."""
 
 from __future__ import annotations
 

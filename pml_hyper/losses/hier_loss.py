@@ -1,7 +1,7 @@
 """HIER: hierarchical proxies in hyperbolic space (Kim, Jeong, Kwak, CVPR 2023) as a PML loss.
 
 S. Kim, B. Jeong, S. Kwak, "HIER: Metric Learning Beyond Class Labels via Hierarchical
-Regularization", CVPR 2023. Section numbers (§) refer to ``spec/hier.md``, which states what the
+Regularization", CVPR 2023. Anchors (#mining) refer to ``docs/hier.md``, which states what the
 authors' code computes.
 """
 
@@ -32,7 +32,7 @@ class HIERPart(NamedTuple):
     """Result of :func:`hier_triplet_loss` for T triplets.
 
     Attributes:
-        loss: () mean over all T triplets of the masked three-term hinge (§6 steps 7-9).
+        loss: () mean over all T triplets of the masked three-term hinge (#hinge steps 7-9).
         lca_ij: (T,) index of the proxy chosen as the LCA of (i, j), ρ_ij.
         lca_ijk: (T,) index of the proxy chosen as the LCA of (i, j, k), ρ_ijk.
     """
@@ -67,12 +67,12 @@ def _rows_sum(index: torch.Tensor, src: torch.Tensor, num_rows: int) -> torch.Te
 class _LCAHinge(torch.autograd.Function):
     """Fused LCA selection and hinge with a chunked, memory-lean straight-through backward.
 
-    Forward values equal the autograd graph of §6 (gathers, two maxima, two hard Gumbel-softmax
+    Forward values equal the autograd graph of #hinge (gathers, two maxima, two hard Gumbel-softmax
     draws, six weighted sums, hinge, collision mask, mean) up to one ulp in the weighted sums,
     which the one-hot weights turn into gathers. The backward applies, per
     triplet, the chain rule that autograd would: the direct path adds ±1 at the chosen LCAs, the
     straight-through path goes through both softmax Jacobians and the two ``torch.maximum``
-    (ties split 0.5/0.5) into the rows i, j, k of ``dist`` (§6.1). Only the softmax outputs
+    (ties split 0.5/0.5) into the rows i, j, k of ``dist`` (#hinge). Only the softmax outputs
     (2 × T×M) are kept for the backward, and only triplets with an active hinge term are
     revisited there. On the CPU the result is deterministic; on CUDA the row sums use atomics.
     """
@@ -168,7 +168,7 @@ def hier_triplet_loss(
     *,
     check_indices: bool = True,
 ) -> HIERPart:
-    """One part of L_HIER: LCA choice by hard Gumbel-softmax and the three-term hinge (§6).
+    """One part of L_HIER: LCA choice by hard Gumbel-softmax and the three-term hinge (#hinge).
 
     For each triplet (i, j, k) with rows D_i, D_j, D_k of ``dist``:
 
@@ -181,7 +181,7 @@ def hier_triplet_loss(
     STGumbelHard(a, g) is one-hot(argmax softmax(a + g)) in the forward pass and has the
     gradient of softmax(a + g) (straight-through; Gumbel-softmax temperature 1, τ enters only
     through the logits). ``noise_*`` are the Gumbel samples themselves, g = −log(e) with
-    e ~ Exp(1), so recorded draws can be replayed (``golden.md`` §5.4).
+    e ~ Exp(1), so recorded draws can be replayed (the parity tests do).
 
     Computed in float32 (float64 for float64 input) with autocast disabled.
 
@@ -219,7 +219,7 @@ def hier_triplet_loss(
 
 
 class HIERLoss(BaseMetricLossFunction):
-    """L_HIER of Kim et al. (CVPR 2023): hierarchical proxies in the Poincaré ball (§1-§6).
+    """L_HIER of Kim et al. (CVPR 2023): hierarchical proxies in the Poincaré ball (docs/hier.md).
 
     M learnable proxies θ (M, D) live in the tangent space at the origin and are mapped into
     the ball by ``ToPoincare(c, clip_r, riemannian=True)``: P = ToPoincare(θ). For embeddings z
@@ -230,7 +230,7 @@ class HIERLoss(BaseMetricLossFunction):
       ``indices_tuple``; LCAs chosen among P with the B×M distances d(z, P);
     - proxy part: triplets mined on the proxies (exp(−d), no labels) with the M×M distances
       d(P, P), which also serve for the LCA choice;
-    - each part is :func:`hier_triplet_loss`; L_HIER = sample part + proxy part (§6).
+    - each part is :func:`hier_triplet_loss`; L_HIER = sample part + proxy part (#hinge).
 
     The paper's objective is L_metric + λ2·L_HIER with λ2 = 0.5, e.g. ``MultipleLosses(
     {"pa": ProxyAnchorLoss(C, D, margin=0.1, alpha=32), "hier": HIERLoss(D)},
@@ -239,7 +239,7 @@ class HIERLoss(BaseMetricLossFunction):
     (:meth:`param_groups`).
 
     Only B×M, M×M and a detached B×B distance matrix are built (O(N·M) memory each,
-    ``hyperbolic.md`` §5), never the official (B+M)²×D tensor; mining is vectorised on the
+    #pairwise-distance in docs/hyperbolic.md), not the (B+M)²×D tensor; mining is vectorised on the
     device. The hyperbolic math runs in float32 (float64 if the embeddings or θ are float64)
     with autocast disabled, and θ stays float32 under autocast (it is only cast locally). All
     randomness (triplet draws, Gumbel noise) comes from ``generator``.
@@ -251,7 +251,7 @@ class HIERLoss(BaseMetricLossFunction):
         tau: τ, the temperature of the LCA logits −s/τ (0.1).
         c: curvature magnitude of the ball (0.1).
         clip_r: tangent clipping radius of the proxies' ``ToPoincare`` (2.3); θ is initialised
-            as N(0, I)/√D · 0.9·clip_r (§3).
+            as N(0, I)/√D · 0.9·clip_r (#proxies).
         topk: k of the mutual top-k mining, for samples and proxies (20 in the scripts).
         triplets_per_anchor: triplets drawn per qualifying anchor (50).
         generator: ``torch.Generator`` on the embeddings' device, used for θ's initialisation
@@ -261,7 +261,7 @@ class HIERLoss(BaseMetricLossFunction):
         official: the papers' numerical epsilons in the maps and distances (golden parity only;
             see :class:`~pml_hyper.manifolds.PoincareBall`).
         anchor_as_negative: keep each anchor in its own negative set, as the official code does
-            (§12 item 1); off by default.
+            (#quirks item 1); off by default.
         check_inputs: raise ``ValueError`` naming embedding rows that are non-finite or not
             inside the ball (one host sync per call).
         **kwargs: passed to ``BaseMetricLossFunction`` (``embedding_regularizer``,
@@ -273,7 +273,7 @@ class HIERLoss(BaseMetricLossFunction):
     Reducer input:
         sample_triplet_loss: the sample part, reduction_type "already_reduced".
         proxy_triplet_loss: the proxy part, reduction_type "already_reduced".
-        Each is the mean over all mined triplets, collision-masked ones included (§6 step 9).
+        Each is the mean over all mined triplets, collision-masked ones included (#hinge step 9).
         A part without any qualifying anchor is a zero that keeps the graph. PML sums the parts.
 
     indices_tuple: triplets (or pairs, converted with ``lmu.convert_to_triplets``) replacing the
@@ -427,7 +427,7 @@ class HIERLoss(BaseMetricLossFunction):
     def mine_proxy_triplets(
         self, proxy_dist: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Proxy triplets from the (M, M) proxy distances (mutual top-k, no labels, §5)."""
+        """Proxy triplets from the (M, M) proxy distances (mutual top-k, no labels, #mining)."""
         return self.miner.mine_from_distances(proxy_dist)
 
     def gumbel_noise(self, shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
@@ -461,7 +461,7 @@ class HIERLoss(BaseMetricLossFunction):
     def param_groups(
         self, lr: float, proxy_lr_factor: float = 50.0, weight_decay: float | None = None
     ) -> list[dict]:
-        """Optimizer parameter groups with HIER's learning-rate rule (§8.1).
+        """Optimizer parameter groups with HIER's learning-rate rule (#optimizer).
 
         Returns ``[{lcas; lr·proxy_lr_factor}]``, plus a group at ``lr`` for any other parameter
         of the loss (e.g. a learnable embedding regularizer). ``weight_decay``, if given, is set

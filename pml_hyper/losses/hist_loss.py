@@ -1,7 +1,7 @@
 """HIST: hypergraph-induced semantic tuplet loss (Lim et al., CVPR 2022) as a PML loss.
 
 Lim, Yun, Park, Choi, "Hypergraph-Induced Semantic Tuplet Loss for Deep Metric Learning",
-CVPR 2022. Section numbers (§) refer to ``spec/hist.md``, which states what the authors' code
+CVPR 2022. Anchors such as (#hgnn) refer to ``docs/hist.md``, which states what the authors' code
 computes and how it relates to the paper's equations (as restated by the [Re] reproduction).
 """
 
@@ -21,15 +21,15 @@ class HISTOutputs(NamedTuple):
     """Intermediates of one HIST forward pass (B samples, C classes, E classes in the batch).
 
     Attributes:
-        dist: (B, C) squared diagonal Mahalanobis distances d_ic (§3.2).
-        dist_losses: (B,) per-sample distribution loss -log P_i (§3.3).
+        dist: (B, C) squared diagonal Mahalanobis distances d_ic (#distances).
+        dist_losses: (B,) per-sample distribution loss -log P_i (#distribution-loss).
         kept: (B,) bool mask of the samples kept by the official underflow mask, or ``None``
             when the mask is off (every sample counts).
-        classes: (E,) the distinct batch labels in ascending order: the hyperedges (§3.4).
-        H: (B, E) soft incidence matrix of the semantic tuplets (§3.4).
-        G: (B, B) hypergraph propagation matrix Dv^-1/2 H De^-1 H^T Dv^-1/2 (§3.5).
-        hgnn_logits: (B, C) HGNN class scores (§3.6).
-        hgnn_losses: (B,) per-sample cross-entropy of ``hgnn_logits`` (§3.7), before λ_s.
+        classes: (E,) the distinct batch labels in ascending order: the hyperedges (#hypergraph).
+        H: (B, E) soft incidence matrix of the semantic tuplets (#hypergraph).
+        G: (B, B) hypergraph propagation matrix Dv^-1/2 H De^-1 H^T Dv^-1/2 (#hypergraph).
+        hgnn_logits: (B, C) HGNN class scores (#hgnn).
+        hgnn_losses: (B,) per-sample cross-entropy of ``hgnn_logits`` (#hgnn), before λ_s.
     """
 
     dist: torch.Tensor
@@ -43,7 +43,7 @@ class HISTOutputs(NamedTuple):
 
 
 class _HGNN(nn.Module):
-    """Two-layer hypergraph neural network (Feng et al., AAAI 2019) as used by HIST (§3.6).
+    """Two-layer hypergraph neural network (Feng et al., AAAI 2019) as used by HIST (#hgnn).
 
     ``G (LeakyReLU_0.1(BN(G (x Θ1^T + b1))) Θ2^T + b2)``, the same G in both layers. BatchNorm
     always normalises with the batch statistics, as the official code never evaluates the HGNN;
@@ -86,12 +86,12 @@ class HISTLoss(BaseMetricLossFunction):
     ``log_vars`` s, both (C, D)). For raw embeddings F (B, D) and labels y (B,):
 
     - d_ic = Σ_k (x̂_ik − μ̂_ck)² / σ²_ck with x̂, μ̂ L2-normalised and σ² = exp(relu6(s))
-      (§3.1-3.2), computed as two matrix products, never as a (B, C, D) tensor;
-    - L_D = mean_i −log softmax_c(−τ·d_i)[y_i] over all C classes (§3.3);
-    - H_ij = 1 if y_i = e_j else exp(−α·d_i,e_j) over the E in-batch classes (§3.4),
-      not detached, and G = Dv^-1/2 H De^-1 H^T Dv^-1/2 (§3.5);
+      (#distances), computed as two matrix products, never as a (B, C, D) tensor;
+    - L_D = mean_i −log softmax_c(−τ·d_i)[y_i] over all C classes (#distribution-loss);
+    - H_ij = 1 if y_i = e_j else exp(−α·d_i,e_j) over the E in-batch classes (#hypergraph),
+      not detached, and G = Dv^-1/2 H De^-1 H^T Dv^-1/2 (#hypergraph);
     - L_CE = mean_i CE(HGNN(F, G)_i, y_i) with the two-layer HGNN ``hgnn`` on the *raw* F
-      (§3.6-3.7).
+      (#hgnn).
 
     Args:
         num_classes: C, the number of training classes; labels must lie in [0, C).
@@ -227,7 +227,7 @@ class HISTLoss(BaseMetricLossFunction):
     def _mahalanobis_distance(self, x: torch.Tensor) -> torch.Tensor:
         """Squared diagonal Mahalanobis distances (B, C) of x (B, D) to the class distributions.
 
-        d = (x̂∘x̂) Λ^T − 2 x̂ (μ̂∘Λ)^T + 1 (Σ_k μ̂²_·k Λ_·k)^T with Λ = exp(−relu6(s)) (§3.2), in
+        d = (x̂∘x̂) Λ^T − 2 x̂ (μ̂∘Λ)^T + 1 (Σ_k μ̂²_·k Λ_·k)^T with Λ = exp(−relu6(s)) (#distances), in
         x's dtype. μ̂ = μ·r with r_c = 1/max(‖μ_c‖, 1e-12) is never materialised: r scales the
         columns of the cross term and the constant, which saves (C, D) passes at SOP scale.
         relu6 passes no gradient at exactly 0 and 6, like the official code.
@@ -243,7 +243,7 @@ class HISTLoss(BaseMetricLossFunction):
 
     @staticmethod
     def _propagation_matrix(H: torch.Tensor) -> torch.Tensor:
-        """G = Dv^-1/2 H De^-1 H^T Dv^-1/2 (B, B) for an incidence matrix H (B, E) (§3.5).
+        """G = Dv^-1/2 H De^-1 H^T Dv^-1/2 (B, B) for an incidence matrix H (B, E) (#hypergraph).
 
         Computed as Ĥ Ĥ^T with Ĥ_ij = H_ij / sqrt(Dv_i De_j), without diagonal matrices.
         """
@@ -263,7 +263,7 @@ class HISTLoss(BaseMetricLossFunction):
         lr_hgnn_factor: float = 10.0,
         weight_decay: float | None = None,
     ) -> list[dict]:
-        """Optimizer parameter groups with the paper's learning-rate rules (§5.3).
+        """Optimizer parameter groups with the paper's learning-rate rules (#recipe).
 
         Returns ``[{means, log_vars; lr_ds}, {HGNN; lr·lr_hgnn_factor}]``, plus a group at ``lr``
         for any other parameter of the loss (e.g. a learnable embedding regularizer). ``lr_ds``
@@ -314,7 +314,7 @@ class HISTLoss(BaseMetricLossFunction):
     def _underflow_keep_mask(
         self, logits: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor | None:
-        """The official float32 mask P_i ≠ 0 (§3.3), or None when the option is off."""
+        """The official float32 mask P_i ≠ 0 (#distribution-loss), or None if the option is off."""
         if not self.official_underflow_mask:
             return None
         with torch.no_grad():

@@ -1,9 +1,9 @@
-"""Poincaré-ball geometry of curvature -c (``shared/spec/hyperbolic.md``).
+"""Poincaré-ball geometry of curvature -c (``docs/hyperbolic.md``).
 
 All operations are row-wise over the last dimension of ``(..., n)`` tensors, except
 ``pairwise_dist`` which returns an ``(N, M)`` matrix. They run in float32 (or float64 when an input
 is float64) with autocast disabled: half-precision inputs are computed, and returned, in float32,
-because 1 - 1e-5 rounds to 1 in float16/bfloat16 (hyperbolic.md §7).
+because 1 - 1e-5 rounds to 1 in float16/bfloat16 (docs/hyperbolic.md#half-precision).
 
 Two numerical modes:
 
@@ -12,7 +12,7 @@ Two numerical modes:
 - ``official=True``: the formulas of the papers' ``hyptorch`` code, for golden parity tests only:
   c rounded to float32, +1e-5 in the Möbius denominator, norms floored at 1e-5, the tanh argument
   clamped to ±15, and artanh with a straight-through clamp (gradient evaluated at the clamped
-  argument, hyperbolic.md §2.5).
+  argument, docs/hyperbolic.md#operations).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ..utils.checks import check_finite, check_in_ball
 __all__ = ["PoincareBall", "check_finite", "full_precision", "working_dtype"]
 
 PROJECTION_EPS = 1e-3
-"""Relative distance to the boundary kept by :meth:`PoincareBall.project` (hyperbolic.md §2.3)."""
+"""Relative distance to the boundary kept by :meth:`PoincareBall.project` (docs/hyperbolic.md)."""
 
 OFFICIAL_EPS = 1e-5
 """The papers' epsilon: norm floors, Möbius denominator, artanh clamp."""
@@ -52,7 +52,7 @@ def full_precision(*tensors: torch.Tensor) -> Iterator[list[torch.Tensor]]:
 
 
 def artanh_max(dtype: torch.dtype) -> float:
-    """Largest artanh argument allowed in ``dtype`` (hyperbolic.md §7, rule 2)."""
+    """Largest artanh argument allowed in ``dtype`` (docs/hyperbolic.md#half-precision, rule 2)."""
     return 1.0 - max(OFFICIAL_EPS, 4 * torch.finfo(dtype).eps)
 
 
@@ -88,7 +88,7 @@ class _RiemannianGradient(torch.autograd.Function):
 
 
 class PoincareBall:
-    """The Poincaré ball {x : c‖x‖² < 1} of curvature -c (hyperbolic.md §1-§6).
+    """The Poincaré ball {x : c‖x‖² < 1} of curvature -c (docs/hyperbolic.md, anchors below).
 
     Args:
         c: curvature magnitude (> 0). HIER and Hyp use 0.1 (radius 3.1623).
@@ -134,7 +134,7 @@ class PoincareBall:
 
     # ------------------------------------------------------------------ row-wise maps
     def mobius_add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x ⊕_c y (hyperbolic.md §2.1), row-wise: ``(..., n), (..., n) -> (..., n)``."""
+        """x ⊕_c y (docs/hyperbolic.md#operations), row-wise: ``(..., n), (..., n) -> (..., n)``."""
         with full_precision(x, y) as (x, y):
             c = self.c
             xy = (x * y).sum(-1, keepdim=True)
@@ -147,7 +147,7 @@ class PoincareBall:
             return num / den
 
     def expmap0(self, u: torch.Tensor) -> torch.Tensor:
-        """Exponential map at the origin, tanh(√c‖u‖) u / (√c‖u‖) (§2.2): ``(..., n)``."""
+        """Exponential map at the origin, tanh(√c‖u‖) u / (√c‖u‖) (#operations): ``(..., n)``."""
         with full_precision(u) as (u,):
             norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
             arg = self.sqrt_c * norm.clamp_min(self._norm_floor(u.dtype))
@@ -156,7 +156,7 @@ class PoincareBall:
             return u * (torch.tanh(arg) / arg)
 
     def logmap0(self, y: torch.Tensor) -> torch.Tensor:
-        """Logarithmic map at the origin, artanh(√c‖y‖) y / (√c‖y‖) (§2.2): ``(..., n)``."""
+        """Logarithmic map at the origin, artanh(√c‖y‖) y / (√c‖y‖) (#operations): ``(..., n)``."""
         with full_precision(y) as (y,):
             arg = self.sqrt_c * torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(
                 self._norm_floor(y.dtype)
@@ -164,7 +164,7 @@ class PoincareBall:
             return y * (self._artanh(arg) / arg)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Rescale rows with ‖x‖ > (1 - 1e-3)/√c onto that radius (§2.3): ``(..., n)``."""
+        """Rescale rows with ‖x‖ > (1 - 1e-3)/√c onto that radius (#operations): ``(..., n)``."""
         with full_precision(x) as (x,):
             norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(
                 self._norm_floor(x.dtype)
@@ -173,7 +173,7 @@ class PoincareBall:
             return torch.where(norm > max_norm, x / norm * max_norm, x)
 
     def riemannian_gradient(self, z: torch.Tensor) -> torch.Tensor:
-        """Identity whose backward rescales row gradients by 1/λ_z² (§3.3).
+        """Identity whose backward rescales row gradients by 1/λ_z² (#topoincare).
 
         Uses the curvature exactly as given, also in official mode (the originals do the same).
         """
@@ -181,7 +181,7 @@ class PoincareBall:
 
     # ------------------------------------------------------------------ distances
     def _distance_from_parts(self, diff_norm: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-        """d = (2/√c) artanh(√c e / √den), with the official +1e-5 variant (§5.2)."""
+        """d = (2/√c) artanh(√c e / √den), with the official +1e-5 variant (#pairwise-distance)."""
         if self.official:
             ratio = diff_norm * den.sqrt() / (den + OFFICIAL_EPS)
         else:
@@ -189,7 +189,7 @@ class PoincareBall:
         return 2 / self.sqrt_c * self._artanh(self.sqrt_c * ratio)
 
     def _denominator(self, inner: torch.Tensor, x2: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
-        """den(x, y) = 1 - 2c⟨x,y⟩ + c²‖x‖²‖y‖², the denominator of (-x) ⊕_c y (§5.1)."""
+        """den(x, y) = 1 - 2c⟨x,y⟩ + c²‖x‖²‖y‖², denominator of (-x) ⊕_c y (#pairwise-distance)."""
         c = self.c
         return 1 - 2 * c * inner + c**2 * x2 * y2
 
@@ -215,7 +215,7 @@ class PoincareBall:
         return self._distance_from_parts(e, self._denominator(inner, x_sqnorm, y_sqnorm))
 
     def dist(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Row-wise distance d_c(x_i, y_i) (§2.6, §5.4): ``(..., n), (..., n) -> (...)``."""
+        """Row-wise distance d_c(x_i, y_i) (#pairwise-distance): ``(..., n), (..., n) -> (...)``."""
         with full_precision(x, y) as (x, y):
             e = torch.linalg.vector_norm(x - y, dim=-1)
             x2, y2 = x.pow(2).sum(-1), y.pow(2).sum(-1)
@@ -226,7 +226,7 @@ class PoincareBall:
             return self._distance_from_parts(e, den)
 
     def dist0(self, x: torch.Tensor) -> torch.Tensor:
-        """Distance to the origin, (2/√c) artanh(√c‖x‖) (§2.6): ``(..., n) -> (...)``."""
+        """Distance to the origin, (2/√c) artanh(√c‖x‖) (#operations): ``(..., n) -> (...)``."""
         with full_precision(x) as (x,):
             return 2 / self.sqrt_c * self._artanh(self.sqrt_c * torch.linalg.vector_norm(x, dim=-1))
 
@@ -258,11 +258,11 @@ class PoincareBall:
 
     # ------------------------------------------------------------------ Lorentz lift
     def to_lorentz(self, x: torch.Tensor, sq_norm: torch.Tensor | None = None) -> torch.Tensor:
-        """Lift to the unit hyperboloid: ``(..., n) -> (..., n + 1)`` (hyperbolic.md §6.1).
+        """Lift to the unit hyperboloid: ``(..., n) -> (..., n + 1)`` (#exact-knn).
 
         X₀ = (1 + c‖x‖²)/(1 - c‖x‖²), X_i = 2√c x_i/(1 - c‖x‖²), so that
         cosh(√c d_c(x, y)) = X₀Y₀ - Σ X_iY_i. Negating X₀ of the queries turns nearest
-        neighbours into a maximum-inner-product search (§6.2). ``sq_norm`` (``(...)``, optional)
+        neighbours into a max-inner-product search (#exact-knn). ``sq_norm`` (``(...)``, optional)
         is ‖x‖² when the caller already has it.
         """
         with full_precision(x) as (x,):

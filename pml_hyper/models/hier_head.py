@@ -1,4 +1,4 @@
-"""HIER's (and Hyp's) embedding head into the Poincaré ball (HIER, CVPR 2023, §3.2)."""
+"""HIER's (and Hyp's) embedding head into the Poincaré ball (docs/hier.md#head)."""
 
 from __future__ import annotations
 

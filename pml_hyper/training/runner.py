@@ -377,7 +377,7 @@ def evaluate_checkpoint(
 
 def build_record_keeper(folder: Path):
     """PML's record keeper (CSV/SQLite, TensorBoard when installed); without tensorboard PML's
-    preset returns nothing, so the record keeper is built directly (pml_integration.md §11)."""
+    preset returns nothing, so the record keeper is built directly (docs/pml.md#logging)."""
     record_keeper, _, _ = logging_presets.get_record_keeper(
         str(folder / "logs"), str(folder / "tensorboard")
     )

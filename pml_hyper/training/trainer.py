@@ -1,5 +1,5 @@
-"""PML's ``MetricLossOnly`` with what the papers' recipes need (pml_integration.md §8, §12;
-hist.md §5; hier.md §8)."""
+"""PML's ``MetricLossOnly`` with what the papers' recipes need (docs/pml.md#trainers, #amp;
+docs/hist.md#recipe; docs/hier.md#optimizer)."""
 
 from __future__ import annotations
 
@@ -41,15 +41,15 @@ class MetricLossTrainer(MetricLossOnly):
         amp: ``"bf16"`` (autocast), ``"fp16"`` (autocast + ``GradScaler``) or ``None``. Only the
             models run under autocast: the embeddings are cast to float32 and the loss runs with
             autocast off, so proxies and prototypes stay float32 (PML's ``cast_types`` would turn
-            them into half precision in place, pml_integration.md §7, §12).
+            them into half precision in place, docs/pml.md#parameters, #amp).
         channels_last: feed 4-D image batches in ``channels_last`` memory format.
         warmup_epochs: the first ``warmup_epochs`` epochs train with the parameters of
-            ``warmup_modules`` frozen (``requires_grad=False``, as HIST does, hist.md §5.4); their
+            ``warmup_modules`` frozen (``requires_grad=False``, docs/hist.md#warm-up); their
             previous ``requires_grad`` flags come back afterwards. HIER's variant (backbone lr 0,
-            hier.md §8.2) is a learning-rate schedule instead: see ``runner.lr_lambdas``.
+            docs/hier.md#optimizer) is a learning-rate schedule instead: see ``runner.lr_lambdas``.
         warmup_modules: the modules frozen during warm-up (the backbone).
         grad_clamp: clamp every gradient element of the models and losses to ±value after
-            unscaling (HIER's ``clip_gradients_value``, hier.md §8.3).
+            unscaling (HIER's ``clip_gradients_value``, docs/hier.md#optimizer).
         grad_norm_clip: clip the global gradient norm of the models and losses (Hyp: 3).
         progress_bar: show a tqdm bar per epoch.
 

@@ -1,4 +1,4 @@
-"""PoincareDistance inside PML losses, miners and utilities (pml_integration.md §5)."""
+"""PoincareDistance inside PML losses, miners and utilities (docs/pml.md#distances)."""
 
 import math
 

@@ -225,7 +225,7 @@ def test_reproduces_official_inshop_recall_with_the_quirk(hier_golden, quirk):
     official = ast.literal_eval(entry["recall_list_printed"])
     if quirk:
         assert got == official
-    else:  # golden.md §4.3: without the quirk only R@10 changes, to 0.206667
+    else:  # golden.md, official recall: without the quirk only R@10 changes, to 0.206667
         assert got[1] == pytest.approx(0.206667, abs=1e-6)
         assert got[0] == official[0] and got[2:] == official[2:]
 

@@ -308,7 +308,7 @@ def test_inference_model_index(tmp_path):
 )
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_reproduces_official_recall(hier_golden, name, k_list, backend):
-    """R@K from our neighbours equals the papers' printed lists (golden.md §4.3)."""
+    """R@K from our neighbours equals the papers' printed lists (golden.md, official recall)."""
     rec = hier_golden["recall_official_helpers"][name]
     x, y = rec["x"], rec["y"]
     _, idx = HyperbolicKNN(c=rec["hyp_c"], backend=backend)(x, max(k_list), x, True)

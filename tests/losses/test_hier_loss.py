@@ -41,7 +41,7 @@ def small_loss(dim=16, seed=0, **kwargs):
 
 
 def oracle_part(dist, triplets, noise_ij, noise_ijk, tau, margin):
-    """hier.md §6 step by step with plain autograd (straight-through hard Gumbel-softmax)."""
+    """docs/hier.md#hinge step by step, plain autograd (straight-through hard Gumbel-softmax)."""
     d_i, d_j, d_k = (dist[x] for x in triplets.unbind(1))
 
     def st_gumbel_hard(logits, noise):
@@ -248,7 +248,7 @@ def test_multiple_losses_with_proxy_anchor():
 
 
 def test_hyp_plus_hier_on_flattened_views():
-    """hier.md §7: the official SupCon/Hyp + HIER path crashes on (n, IPC, D) embeddings."""
+    """docs/hier.md#combination: the official SupCon/Hyp+HIER crashes on (n, IPC, D) embeddings."""
     x, labels = features()
     views = ToPoincare(riemannian=False)(x).view(12, 2, 16)
     hyp = losses.NTXentLoss(temperature=0.2, distance=PoincareDistance(c=0.1))
@@ -334,7 +334,7 @@ def test_parameters_and_initialisation():
     assert [name for name, _ in loss.named_parameters()] == ["lcas"]
     assert isinstance(loss.lcas, torch.nn.Parameter) and loss.lcas.dtype == torch.float32
     assert loss.lcas.shape == (2048, 128)
-    # hier.md §3: θ = N(0, I)/√D · 0.9·r, tangent norm ≈ 2.07, about 4.5 % clipped at D = 128.
+    # docs/hier.md#proxies: θ = N(0, I)/√D · 0.9·r, tangent norm ≈ 2.07, ~4.5 % clipped at D = 128.
     norms = loss.lcas.detach().norm(dim=1)
     assert norms.mean().item() == pytest.approx(0.9 * 2.3, rel=0.01)
     assert 0.025 < (norms > 2.3).double().mean().item() < 0.07

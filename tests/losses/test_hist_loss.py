@@ -35,7 +35,7 @@ def make_loss(seed=0, **kwargs):
 
 
 def reference_loss(hist, x, y, weights=None):
-    """Naive broadcast formulation (hist.md §3.2-3.7), float64, independent of the module's math."""
+    """Naive broadcast formulation (docs/hist.md#distances, #hgnn), float64, module-independent."""
     x = x.double()
     mu, s = hist.means.double(), hist.log_vars.double()
     x_hat, mu_hat = F.normalize(x, dim=1), F.normalize(mu, dim=1)
@@ -72,7 +72,7 @@ def test_parameters_submodules_and_init():
     assert isinstance(hist.hgnn.theta2, torch.nn.Linear)
     assert (hist.hgnn.theta1.in_features, hist.hgnn.theta1.out_features) == (64, 32)
     assert (hist.hgnn.theta2.in_features, hist.hgnn.theta2.out_features) == (32, 400)
-    # kaiming_normal_(mode="fan_out") on (C, D): N(0, 2/C) (hist.md §4).
+    # kaiming_normal_(mode="fan_out") on (C, D): N(0, 2/C) (docs/hist.md#initialisation).
     for p in (hist.means, hist.log_vars):
         assert abs(p.std().item() / (2 / 400) ** 0.5 - 1) < 0.03
         assert abs(p.mean().item()) < 0.05 * (2 / 400) ** 0.5
@@ -122,7 +122,7 @@ def test_user_reducer_is_applied_per_sub_loss():
 
 
 def test_log_vars_clamp_and_relu6_gradient():
-    """Variances are exp(relu6(s)): no gradient below 0 or above 6 (hist.md §3.1)."""
+    """Variances are exp(relu6(s)): no gradient below 0 or above 6 (docs/hist.md#distances)."""
     x, y = make_batch(torch.float64)
     hist = make_loss().double()
     with torch.no_grad():

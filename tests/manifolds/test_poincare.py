@@ -1,4 +1,4 @@
-"""PoincareBall: closed forms, identities, precision and input validation (hyperbolic.md)."""
+"""PoincareBall: closed forms, identities, precision and input validation (docs/hyperbolic.md)."""
 
 import math
 

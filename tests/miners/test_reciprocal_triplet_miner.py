@@ -29,7 +29,7 @@ def clustered_batch(n_classes=12, ipc=2, dim=8, spread=0.7, seed=0):
 
 
 def oracle_sets(dist, labels, topk, bonus=1.0, anchor_as_negative=False):
-    """Pos/Neg index sets per anchor, straight from hier.md §5 with Python loops."""
+    """Pos/Neg index sets per anchor, straight from docs/hier.md#mining with Python loops."""
     n = len(dist)
     sim = torch.exp(-dist.double())
     if labels is not None:
@@ -230,7 +230,7 @@ def test_generator_on_another_device_is_rejected():
 
 @pytest.mark.parametrize("name", GOLDEN_CASES)
 def test_golden_mining_sets(hier_golden, name):
-    """golden.md §5.4, "mining check without the draws", with the official negative sets."""
+    """golden.md, replay, "mining check without the draws", with the official negative sets."""
     case = hier_golden[name]
     cfg = case["config"]
     batch, dist = cfg["B"], case["all_dist_matrix"]

@@ -1,4 +1,4 @@
-"""HIER parity with the official code (golden.md §5): replay of the recorded triplets and noise."""
+"""HIER parity with official code (golden.md HIER cases): replay of recorded triplets, noise."""
 
 import importlib.util
 from pathlib import Path
@@ -20,7 +20,7 @@ REFERENCE = (
 
 
 def tolerances(dtype: torch.dtype) -> dict[str, float]:
-    """golden.md §5.5: (rtol for losses, atol factors × max|ref| for distances and gradients)."""
+    """golden.md HIER tolerances (rtol for losses, atol factors × max|ref| for distances, grads)."""
     if dtype == torch.float64:
         return {"loss": 1e-9, "dist": 1e-9, "grad": 1e-9, "grad_rtol": 1e-9}
     return {"loss": 1e-5, "dist": 2e-5, "grad": 1e-4, "grad_rtol": 0.0}
@@ -69,7 +69,7 @@ def to_poincare():
 
 @pytest.mark.parametrize("name", CASES)
 def test_replay_hier_parts(hier_golden, name):
-    """golden.md §5.4 steps 1-6 through the functional core."""
+    """golden.md, replay steps 1-6 through the functional core."""
     case = hier_golden[name]
     record, batch = case["hier"], case["config"]["B"]
     tol = tolerances(case["x_euc"].dtype)
@@ -112,7 +112,7 @@ def test_replay_hier_parts(hier_golden, name):
 
 @pytest.mark.parametrize("name", CASES)
 def test_total_pa_plus_hier_through_multiple_losses(hier_golden, name):
-    """golden.md §5.4 step 7: 1·PML ProxyAnchorLoss + 0.5·HIERLoss in MultipleLosses."""
+    """golden.md, replay step 7: 1·PML ProxyAnchorLoss + 0.5·HIERLoss in MultipleLosses."""
     case = hier_golden[name]
     cfg, record, ref = case["config"], case["hier"], case["sup"]["total_PA_plus_HIER"]
     dtype = case["x_euc"].dtype

@@ -1,4 +1,4 @@
-"""HISTLoss against the authors' code: every record of ``hist_golden.pt`` (golden.md §3, §6)."""
+"""HISTLoss against the authors' code: every record of ``hist_golden.pt`` (golden.md, checklist)."""
 
 import pytest
 import torch
@@ -24,7 +24,7 @@ RUNS = [(case, True, case) for case in CASES] + [
     for case in CASES
 ]
 
-# float32 gradient tolerances, atol = k * max|ref| (golden.md §3.6).
+# float32 gradient tolerances, atol = k * max|ref| (golden.md, HIST tolerances).
 GRAD_K32 = {"hgnn.theta1.weight": 1e-3, "hgnn.theta1.bias": 1e-2}
 
 
@@ -33,7 +33,7 @@ def _dtype(rec: dict) -> torch.dtype:
 
 
 def _state_dict(state: dict) -> dict:
-    """Golden ``{"d2hg": ..., "hgnn": ...}`` state -> HISTLoss state-dict names (golden.md §3.4)."""
+    """Golden ``{"d2hg": ..., "hgnn": ...}`` -> HISTLoss state-dict names (golden.md)."""
     return {**state["d2hg"], **{f"hgnn.{k}": v for k, v in state["hgnn"].items()}}
 
 
@@ -185,7 +185,7 @@ def test_adam_step_from_param_groups_matches_official(hist_golden, case, officia
 
 @pytest.mark.parametrize("case", ["tiny/float32", "cub_like/float32"])
 def test_default_init_matches_official_init(hist_golden, case):
-    """With the same seed, HISTLoss draws exactly the official initial state (hist.md §4)."""
+    """With the same seed, HISTLoss draws the official init (docs/hist.md#initialisation)."""
     rec = hist_golden["cases"][case]
     cfg = rec["config"]
     with torch.random.fork_rng():

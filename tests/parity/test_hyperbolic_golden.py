@@ -1,4 +1,4 @@
-"""Parity of the Poincaré-ball operations with the papers' code (golden.md §4)."""
+"""Parity of the Poincaré-ball operations with the papers' code (golden.md, hier_golden.pt ops)."""
 
 import pytest
 import torch
@@ -17,7 +17,7 @@ TOPOINCARE = {
 
 
 def tolerances(ops_key: str, gradient: bool) -> float:
-    """golden.md §4.2: relative-to-max tolerance of outputs / gradients per dtype."""
+    """golden.md, op tolerances: relative-to-max tolerance of outputs / gradients per dtype."""
     if ops_key == "ops_float64":
         return 1e-10 if gradient else 1e-12
     return 1e-4 if gradient else 1e-5
@@ -45,7 +45,7 @@ def test_to_poincare_official_matches_golden(ops, variant):
 
 @pytest.mark.parametrize("variant", sorted(TOPOINCARE))
 def test_to_poincare_exact_mode_within_official_epsilon(ops, variant):
-    """The exact clip factor differs from r/(‖u‖ + 1e-5) by ~1e-5 relative (hyperbolic.md §4)."""
+    """Exact clip factor vs r/(‖u‖ + 1e-5): ~1e-5 rel. (docs/hyperbolic.md#official-distance)."""
     _, o = ops
     u = o["u"].clone().requires_grad_()
     z = ToPoincare(c=o["c"], **TOPOINCARE[variant])(u)
@@ -103,7 +103,7 @@ def test_self_distance_matrix(ops):
 
 @pytest.mark.parametrize("case", ["hier_small_f64", "hier_small_f32", "hier_medium_f32"])
 def test_ntxent_with_poincare_distance_is_hyp(hier_golden, case):
-    """NTXentLoss(0.2, PoincareDistance(0.1)) = PML golden = Hyp / 2 for IPC = 2 (hier.md §13.2)."""
+    """NTXentLoss(0.2, PoincareDistance(0.1)) = PML golden = Hyp/2, IPC = 2 (docs/hier.md#hyp)."""
     rec = hier_golden[case]
     hyp = rec["sup"]["Hyp_hyp_metric_repo"]
     float64 = rec["z_ball"].dtype == torch.float64

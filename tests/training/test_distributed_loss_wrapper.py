@@ -1,5 +1,5 @@
 """DistributedLossWrapper with two gloo processes on the CPU: loss-parameter and model gradients
-equal the single-process gradients on the concatenated batch (pml_integration.md §9.1)."""
+equal the single-process gradients on the concatenated batch (docs/pml.md#distributed)."""
 
 import os
 import socket

@@ -1,4 +1,4 @@
-"""HIER in the original formulation (spec/hier.md §4-§6): the speed benchmark baseline.
+"""HIER in the original formulation (docs/hier.md#distances, #hinge): the speed benchmark baseline.
 
 Written from the specification, not from the authors' code. It reproduces their cost structure:
 
@@ -10,7 +10,7 @@ Written from the specification, not from the authors' code. It reproduces their 
   weighted sums over all M candidates.
 
 With ``numpy.random.RandomState(seed + 1)`` and ``torch.manual_seed(seed + 1)`` it draws exactly
-the official triplets and noise (golden.md §5.2). The parameter name ``lcas`` matches
+the official triplets and noise (as in the golden HIER records). The parameter name ``lcas`` matches
 ``pml_hyper.losses.HIERLoss`` so that one state dict serves both.
 """
 
@@ -75,7 +75,7 @@ def dist_matrix(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
 
 
 def mine_triplets(sim: torch.Tensor, topk: int, t: int, rng: np.random.RandomState) -> torch.Tensor:
-    """(T, 3) mutual top-k triplets, anchor loop with per-anchor host syncs (hier.md §5)."""
+    """(T, 3) mutual top-k triplets, anchor loop, per-anchor host syncs (docs/hier.md#mining)."""
     n = len(sim)
     top = torch.zeros(n, n, device=sim.device).scatter_(1, sim.topk(topk, dim=1).indices, 1)
     relation = (top + top.T) / 2
@@ -93,7 +93,7 @@ def mine_triplets(sim: torch.Tensor, topk: int, t: int, rng: np.random.RandomSta
 
 
 def lca_hinge(dist: torch.Tensor, triplets: torch.Tensor, tau: float, margin: float):
-    """One part of L_HIER with F.gumbel_softmax(hard=True) (hier.md §6)."""
+    """One part of L_HIER with F.gumbel_softmax(hard=True) (docs/hier.md#hinge)."""
     d_i, d_j, d_k = dist[triplets[:, 0]], dist[triplets[:, 1]], dist[triplets[:, 2]]
     s_ij = torch.maximum(d_i, d_j)
     pi_ij = F.gumbel_softmax(-s_ij / tau, hard=True)

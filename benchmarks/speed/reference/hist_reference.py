@@ -1,4 +1,4 @@
-"""HIST in the original broadcast formulation (spec/hist.md §3): the speed benchmark baseline.
+"""HIST in the original broadcast formulation (docs/hist.md#forward-pass): speed baseline.
 
 Written from the specification, not from the authors' code. It reproduces their cost structure:
 
