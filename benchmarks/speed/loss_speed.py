@@ -120,7 +120,7 @@ def setup_hier(impl: str, size: Size, device: torch.device, seed: int):
     labels = torch.arange(size.batch // 2).repeat_interleave(2)
     centers = torch.randn(size.batch // 2, size.dim, generator=g)
     features = centers[labels] + 0.7 * torch.randn(len(labels), size.dim, generator=g)
-    embeddings = ToPoincare(c=0.1, clip_r=2.3)(features)
+    embeddings = ToPoincare(c=0.1, clip_r=2.3, riemannian=True)(features)
     return module.to(device).train(), (embeddings.to(device), labels.to(device))
 
 

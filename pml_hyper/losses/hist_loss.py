@@ -65,18 +65,28 @@ class _HGNN(nn.Module):
         return G @ F.linear(z, self.theta2.weight.to(dtype), self.theta2.bias.to(dtype))
 
     def _batch_norm(self, a: torch.Tensor) -> torch.Tensor:
+        """``F.batch_norm`` with batch statistics; running statistics updated in training mode
+        through copies in ``a``'s dtype (autograd keeps the copies, so later updates of the
+        buffers do not invalidate a pending backward)."""
         bn = self.bn1
-        mean = a.mean(dim=0)
-        var = a.var(dim=0, correction=0)
-        a_hat = (a - mean) * torch.rsqrt(var + bn.eps)
+        stats = [None, None]
+        if self.training:
+            stats = [bn.running_mean.to(a.dtype, copy=True), bn.running_var.to(a.dtype, copy=True)]
+        out = F.batch_norm(
+            a,
+            *stats,
+            bn.weight.to(a.dtype),
+            bn.bias.to(a.dtype),
+            training=True,
+            momentum=bn.momentum,
+            eps=bn.eps,
+        )
         if self.training:
             with torch.no_grad():
-                n = a.shape[0]
-                unbiased_var = var * (n / (n - 1))
-                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
-                bn.running_var.lerp_(unbiased_var.to(bn.running_var.dtype), bn.momentum)
+                bn.running_mean.copy_(stats[0])
+                bn.running_var.copy_(stats[1])
                 bn.num_batches_tracked.add_(1)
-        return a_hat * bn.weight.to(a.dtype) + bn.bias.to(a.dtype)
+        return out
 
 
 class HISTLoss(BaseMetricLossFunction):

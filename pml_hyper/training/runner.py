@@ -8,7 +8,6 @@ import functools
 import importlib.util
 import inspect
 import json
-import logging
 import math
 import os
 import platform
@@ -52,8 +51,6 @@ from .trainer import (
     seed_everything,
     write_atomically,
 )
-
-LOGGER = logging.getLogger(__name__)
 
 DATASETS = {"cub200": CUB200, "cars196": Cars196, "sop": SOP, "inshop": InShop}
 HYPERBOLIC_HEADS = ("hier", "hyp")

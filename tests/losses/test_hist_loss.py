@@ -443,3 +443,18 @@ def test_example_runs(tmp_path):
     assert (tmp_path / "logs" / "logs.db").is_file()
     assert (tmp_path / "logs" / "metric_loss_optimizer_Adam.csv").is_file()
     assert any((tmp_path / "models").glob("metric_loss_*.pth"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hgnn_batch_norm_matches_batchnorm1d_in_train_mode(dtype):
+    """Output and running statistics equal ``nn.BatchNorm1d`` (float32 buffers kept)."""
+    hist = make_loss()
+    bn = hist.hgnn.bn1
+    reference = torch.nn.BatchNorm1d(bn.num_features).to(dtype)
+    a = torch.randn(9, bn.num_features, dtype=dtype)
+    for _ in range(2):
+        out = hist.hgnn._batch_norm(a)
+        torch.testing.assert_close(out, reference(a))
+    assert bn.running_mean.dtype == torch.float32 and int(bn.num_batches_tracked) == 2
+    torch.testing.assert_close(bn.running_mean, reference.running_mean.float())
+    torch.testing.assert_close(bn.running_var, reference.running_var.float())
