@@ -26,7 +26,7 @@ class CosineKNN:
     ``reference[:Nq]`` and each query's own index is removed (PML's ``return_results``), so a
     duplicate of the query stays in its neighbours.
 
-    Method: the rows are L2-normalised (norms in float64) and rounded to float32; a float32
+    Method: the rows are L2-normalised in float32; a float32
     inner-product search (faiss's exact ``knn`` on the CPU, or a chunked GEMM + top-k on the
     embeddings' device) returns ``k + rerank`` candidates. Every float32 score is within a
     rigorous bound of the exact cosine, so only the candidates that can still reach the k-th
@@ -123,16 +123,17 @@ class CosineKNN:
         backend = self._resolve_backend(query.device)
         device = torch.device("cpu") if backend == "faiss" else query.device
         y = reference.to(device)
-        y_norm, y32 = _normalised(y, "reference")
+        y32 = _normalised(y, "reference")
         if leading:
-            x, x_norm, x32 = y[: len(query)], y_norm[: len(query)], y32[: len(query)]
+            x, x32 = y[: len(query)], y32[: len(query)]
         else:
             x = query.to(device)
-            x_norm, x32 = _normalised(x, "query")
+            x32 = _normalised(x, "query")
         x64 = x.to(torch.float64)
+        x_norm = torch.linalg.vector_norm(x64, dim=1)
         n_cand = min(k + self.rerank, len(y))
         if n_cand == len(y):
-            return _float64_search(x64, x_norm, y, y_norm, k)
+            return _float64_search(x64, x_norm, y, _norms64(y), k)
         search32 = _faiss_search if backend == "faiss" else _torch_search
         scores, cand = search32(x32, y32, n_cand)
         scores, cand = scores.to(device=device, dtype=torch.float64), cand.to(device)
@@ -140,12 +141,15 @@ class CosineKNN:
         # a candidate scoring below s_k - 2·bound cannot be among the k most similar
         can_be_nearest = scores[:, k:] >= (scores[:, k - 1] - 2 * bound)[:, None]
         cand_prefix = cand[:, : k + int(can_be_nearest.any(0).sum())]
-        exact = _candidate_inner(x64, y, cand_prefix) / (x_norm[:, None] * y_norm[cand_prefix])
+        refs, inverse = torch.unique(cand_prefix, return_inverse=True)
+        ref_norm = torch.linalg.vector_norm(y[refs].to(torch.float64), dim=1)[inverse]
+        exact = _candidate_inner(x64, y, cand_prefix) / (x_norm[:, None] * ref_norm)
         sims, order = torch.topk(exact, k, dim=1)
         indices = cand_prefix.gather(1, order)
         redo = scores[:, -1] + bound >= sims[:, -1]
         if redo.any():
             rows = redo.nonzero().squeeze(1)
+            y_norm = _norms64(y)
             sims[rows], indices[rows] = _float64_search(x64[rows], x_norm[rows], y, y_norm, k)
         return sims, indices
 
@@ -157,33 +161,51 @@ def _check_2d(x: torch.Tensor, name: str) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
 
 
-def _normalised(x: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float64 row norms ``(N,)`` of ``x`` (N, D) and the float32 unit rows ``(N, D)``,
-    converted block by block. Raises ``ValueError`` for non-finite or zero rows."""
-    norms = torch.empty(len(x), dtype=torch.float64, device=x.device)
-    unit = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    for start, block in _float64_blocks(x):
-        rows = slice(start, start + len(block))
-        norms[rows] = torch.linalg.vector_norm(block, dim=1)
-        unit[rows] = block / norms[rows, None]
-    if not torch.isfinite(norms).all():
+def _normalised(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Float32 unit rows ``(N, D)`` of ``x`` (N, D), normalised by float32 norms (rows whose
+    float32 norm under- or overflows are normalised in float64). Raises ``ValueError`` for
+    non-finite or zero rows."""
+    x32 = x.to(torch.float32)
+    norms = torch.linalg.vector_norm(x32, dim=1)
+    bad = ~torch.isfinite(norms) | (norms == 0)
+    if not bad.any():
+        return x32 / norms[:, None]
+    rows = bad.nonzero().squeeze(1)
+    x64 = x[rows].to(torch.float64)
+    if not torch.isfinite(x64).all():
         raise ValueError(f"{name} has non-finite values")
-    if (norms == 0).any():
-        row = int((norms == 0).nonzero()[0])
+    norms64 = torch.linalg.vector_norm(x64, dim=1)
+    if (norms64 == 0).any():
+        row = int(rows[norms64 == 0][0])
         raise ValueError(f"{name} row {row} is zero: its cosine similarity is undefined")
-    return norms, unit
+    unit = x32 / norms.clamp_min(1e-30)[:, None]
+    unit[rows] = (x64 / norms64[:, None]).to(torch.float32)
+    if not torch.isfinite(unit).all():
+        raise ValueError(f"{name} has non-finite values")
+    return unit
+
+
+def _norms64(x: torch.Tensor) -> torch.Tensor:
+    """Float64 row norms ``(N,)``, converted block by block."""
+    norms = torch.empty(len(x), dtype=torch.float64, device=x.device)
+    for start, block in _float64_blocks(x):
+        norms[start : start + len(block)] = torch.linalg.vector_norm(block, dim=1)
+    return norms
 
 
 def _score_error_bound(length: int, tf32: bool) -> float:
-    """Bound on |float32 score - exact cosine| for unit rows rounded to float32: a dot product
-    of length L with unit roundoff u errs by at most γ·Σ|a_i b_i| ≤ γ·‖a‖‖b‖,
-    γ = L·u/(1 - L·u); the rounding of the normalised rows adds about 2u(1 + L·u)."""
-    unit = torch.finfo(torch.float32).eps / 2
-    if tf32 and torch.backends.cuda.matmul.allow_tf32:
-        unit = 2.0**-11
+    """Bound on |float32 score - exact cosine| for rows normalised in float32.
+
+    A dot product of length L with unit roundoff u errs by at most γ·Σ|a_i b_i| with
+    γ = L·u/(1 - L·u), and Σ|a_i b_i| ≤ ‖a‖‖b‖ ≈ 1. A float32 norm errs by at most
+    (L/2 + 1)·u relative, the division and the rounding of the input to float32 add u each,
+    so each normalised row is its exact unit vector times (1 + ε), |ε| ≤ (L/2 + 3)·u.
+    """
+    u32 = torch.finfo(torch.float32).eps / 2
+    unit = 2.0**-11 if tf32 and torch.backends.cuda.matmul.allow_tf32 else u32
     gamma = length * unit / (1 - length * unit)
-    rounding = torch.finfo(torch.float32).eps * (1 + length * torch.finfo(torch.float32).eps)
-    return (gamma + rounding) * (1 + rounding) + 1e-12
+    rows = (length + 6) * u32
+    return 1.01 * (gamma + rows) * (1 + rows) + 1e-12
 
 
 def _float64_search(

