@@ -165,7 +165,52 @@ def run_search(
     data = base["data"]
     per_batch = data["batch_size"] // data["images_per_class"]
     steps_per_epoch = len(train) // data["batch_size"]
-    results = []
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report: dict = {}
+    results: list[dict] = []
+
+    def write(complete: bool) -> None:
+        nonlocal report
+        report = {
+            "complete": complete,
+            "what": (
+                "Demo hyperparameter search on validation classes only (class-disjoint from the "
+                "train and test classes), frozen pretrained backbone, cached pooled features; only "
+                "the head and the loss parameters train. Test classes were not loaded."
+            ),
+            "search_space": {r: SEARCH_SPACE[r] for r in recipes},
+            "budget": {
+                "steps": list(steps),
+                "demo_steps": steps_per_epoch * base["schedule"]["epochs"],
+                "steps_per_epoch": steps_per_epoch,
+                "batch_size": data["batch_size"],
+                "images_per_class": data["images_per_class"],
+                "classes_per_batch": per_batch,
+                "image_size": data["image_size"],
+                "backbone": base["model"]["backbone"],
+                "seeds": seeds,
+            },
+            "classes": {
+                "train": len(split.train),
+                "val": len(split.val),
+                "train_groups": dict(split.group_counts("train")),
+                "val_groups": dict(split.group_counts("val")),
+            },
+            "pretrained_val": pretrained,
+            "feature_seconds": feature_seconds,
+            "total_seconds": time.perf_counter() - started,
+            "machine": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+            },
+            "results": results,
+            "best": _best(results),
+        }
+        output.write_text(json.dumps(report, indent=1) + "\n")
+
     for recipe in recipes:
         for overrides in candidates(recipe):
             for budget in steps:
@@ -207,56 +252,23 @@ def run_search(
                     f"val R@1 {100 * np.mean(r1):5.1f}",
                     flush=True,
                 )
-    best = {}
-    for recipe in recipes:
-        for budget in steps:
-            rows = [r for r in results if r["recipe"] == recipe and r["steps"] == budget]
-            top = max(rows, key=lambda r: r["val_recall_at_1_mean"])
-            best[f"{recipe} @ {budget} steps"] = {
-                "overrides": top["overrides"],
-                "val_recall_at_1_mean": top["val_recall_at_1_mean"],
-            }
-    report = {
-        "what": (
-            "Demo hyperparameter search on validation classes only (class-disjoint from the "
-            "train and test classes), frozen pretrained backbone, cached pooled features; only "
-            "the head and the loss parameters train. Test classes were not loaded."
-        ),
-        "search_space": {r: SEARCH_SPACE[r] for r in recipes},
-        "budget": {
-            "steps": list(steps),
-            "demo_steps": steps_per_epoch * base["schedule"]["epochs"],
-            "steps_per_epoch": steps_per_epoch,
-            "batch_size": data["batch_size"],
-            "images_per_class": data["images_per_class"],
-            "classes_per_batch": per_batch,
-            "image_size": data["image_size"],
-            "backbone": base["model"]["backbone"],
-            "seeds": seeds,
-        },
-        "classes": {
-            "train": len(split.train),
-            "val": len(split.val),
-            "train_groups": dict(split.group_counts("train")),
-            "val_groups": dict(split.group_counts("val")),
-        },
-        "pretrained_val": pretrained,
-        "feature_seconds": feature_seconds,
-        "total_seconds": time.perf_counter() - started,
-        "machine": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-        },
-        "results": results,
-        "best": best,
-    }
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=1) + "\n")
+                write(complete=False)
+    write(complete=True)
     print(f"wrote {output}")
     return report
+
+
+def _best(results: list[dict]) -> dict:
+    """The candidate of highest mean validation R@1 per recipe and step budget."""
+    best = {}
+    for recipe, budget in dict.fromkeys((r["recipe"], r["steps"]) for r in results):
+        rows = [r for r in results if r["recipe"] == recipe and r["steps"] == budget]
+        top = max(rows, key=lambda r: r["val_recall_at_1_mean"])
+        best[f"{recipe} @ {budget} steps"] = {
+            "overrides": top["overrides"],
+            "val_recall_at_1_mean": top["val_recall_at_1_mean"],
+        }
+    return best
 
 
 def main(argv: Sequence[str] | None = None) -> int:
