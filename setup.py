@@ -22,6 +22,7 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["pml_hyper", "pml_hyper.*"]),
+    package_data={"pml_hyper.training": ["demo_recipes/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",

