@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .training.config import ConfigError
 
@@ -14,12 +15,46 @@ def _train(args: argparse.Namespace) -> int:
     from .training.config import load_config
     from .training.runner import Runner
 
+    _check_config_file(args.config)
+    if args.allow_config_change and not args.resume:
+        raise ConfigError("--allow-config-change applies with --resume only")
     config = load_config(args.config, args.set)
-    results = Runner(config, data_root=args.data_root, resume=args.resume).run()
+    runner = Runner(
+        config,
+        data_root=args.data_root,
+        resume=args.resume,
+        allow_config_change=args.allow_config_change,
+    )
+    results = runner.run()
     if results:
         best = results["best"]
         print(f"{config['name']}: finished; best {best['metrics'] if best else 'n/a'}")
     return 0
+
+
+def _check_config_file(path: str) -> None:
+    """A config file that is empty (or only comments) is an error, not "all defaults"."""
+    import yaml
+
+    from .training.config import ConfigError
+
+    file = Path(path)
+    if not file.is_file():
+        return  # load_config names the missing file
+    text = file.read_text(encoding="utf-8")
+    if yaml.safe_load(text) is None:
+        raise ConfigError(f"config file {path} is empty: it must set at least data and model")
+
+
+def _add_resume_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-config-change",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="with --resume: accept these config keys differing from the checkpoint's "
+        "(recorded in results.json)",
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -60,10 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set schedule.epochs=5 (repeatable)",
     )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    _add_resume_arguments(train)
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser("evaluate", help="Recall@K of a checkpoint (last.pt, best.pt)")
-    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("checkpoint", help="a checkpoint file, or a run folder (its best.pt)")
     evaluate.add_argument(
         "--data-root", help="dataset folder (overrides data.root; not needed for synthetic, emoji)"
     )

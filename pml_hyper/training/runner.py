@@ -12,7 +12,8 @@ import math
 import os
 import platform
 import shutil
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,15 @@ from ..data import (
 from ..evaluation import RecallAtK, recall_metric_names
 from ..knn import CosineKNN, HyperbolicKNN
 from ..models import EmbeddingModel, HIERHead
-from .config import build_config, dump_config
+from .config import ConfigError, build_config, dump_config
 from .distributed_loss_wrapper import DistributedLossWrapper, is_distributed
+from .finite_embedding_tester import FiniteEmbeddingTester
+from .run_lock import RunLock
 from .synthetic_images import SyntheticImages
 from .tiny_cnn import TinyCNN
 from .trainer import (
+    CheckpointError,
     MetricLossTrainer,
-    NonFiniteLossError,
     load_checkpoint,
     seed_everything,
     write_atomically,
@@ -55,6 +58,84 @@ from .trainer import (
 DATASETS = {"cub200": CUB200, "cars196": Cars196, "sop": SOP, "inshop": InShop}
 HYPERBOLIC_HEADS = ("hier", "hyp")
 LAST, BEST = "last.pt", "best.pt"
+# config keys a resumed run may change without --allow-config-change (prefixes of dotted keys)
+RESUME_SAFE_KEYS = (
+    "schedule.epochs",
+    "output.progress_bar",
+    "output.plots",
+    "output.log_freq",
+    "output.dir",
+    "data.num_workers",
+    "data.root",
+    "data.eval_batch_size",
+)
+# keys that define a checkpoint's model and geometry: never overridden when evaluating it
+CHECKPOINT_MODEL_KEYS = ("model",)
+# an epoch loss this many times its best so far is warned about
+LOSS_BLOWUP_FACTOR = 100.0
+# losses that need two images of a class in a batch (no proxies)
+PAIR_LOSSES = (
+    "ContrastiveLoss",
+    "TripletMarginLoss",
+    "MultiSimilarityLoss",
+    "NTXentLoss",
+    "SupConLoss",
+    "CircleLoss",
+    "MarginLoss",
+    "LiftedStructureLoss",
+    "GeneralizedLiftedStructureLoss",
+    "FastAPLoss",
+    "NCALoss",
+    "SignalToNoiseRatioContrastiveLoss",
+    "TupletMarginLoss",
+    "IntraPairVarianceLoss",
+    "AngularLoss",
+    "NPairsLoss",
+    "PNPLoss",
+)
+
+
+def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{dotted.key: leaf}`` of a nested config (list items by index)."""
+    if isinstance(value, dict) and value:
+        items = value.items()
+    elif isinstance(value, list) and value:
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix: value}
+    flat = {}
+    for key, item in items:
+        flat.update(flatten_config(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _matches(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_changes(old: dict, new: dict) -> dict[str, dict]:
+    """``{key: {"checkpoint": old, "now": new}}`` for every dotted key that differs."""
+    a, b = flatten_config(old), flatten_config(new)
+    return {
+        k: {"checkpoint": a.get(k), "now": b.get(k)}
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k) != b.get(k)
+    }
+
+
+def check_output_dir(folder: Path) -> None:
+    """Create ``folder`` and check that files can be written in it, with a clear error."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            f"output folder {folder} cannot be used: {reason} ({error.filename or folder}); "
+            "set output.dir to a writable folder"
+        ) from None
 
 
 class Labelled(torch.utils.data.Subset):
@@ -327,7 +408,7 @@ def build_tester(config: dict, end_of_testing_hook: Callable | None = None, devi
         knn_func=knn,
         device=device,
     )
-    return testers.GlobalEmbeddingSpaceTester(
+    return FiniteEmbeddingTester(
         normalize_embeddings=not hyperbolic,
         batch_size=config["data"]["eval_batch_size"],
         dataloader_num_workers=config["data"]["num_workers"],
@@ -361,7 +442,21 @@ def evaluate_checkpoint(
     """Recall@K of the model weights of a checkpoint (``last.pt``, ``best.pt``) on its config's
     evaluation split(s), with ``key=value`` config overrides. Only the weights are read: no
     optimizer, scheduler or RNG state, and no pretrained backbone weights."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / BEST).is_file():
+            raise FileNotFoundError(f"run folder {path} has no {BEST}: pass a checkpoint file")
+        path = path / BEST
+    overrides = list(overrides)
+    fixed = [o for o in overrides if _matches(o.split("=", 1)[0].strip(), CHECKPOINT_MODEL_KEYS)]
+    if fixed:
+        raise ConfigError(
+            f"cannot override {', '.join(fixed)} when evaluating {path}: the checkpoint's "
+            "model (backbone, head, geometry) is fixed by its config"
+        )
     state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path} is not a pml-hyper run checkpoint: it has no config")
     config = build_config(state["config"], overrides)
     device = resolve_device(device)
     _, eval_sets, splits_to_eval = build_datasets(config, data_root)
@@ -414,8 +509,14 @@ class Runner:
     Args:
         config: a validated config (:func:`~pml_hyper.training.config.load_config`).
         data_root: overrides ``data.root``.
-        resume: continue from ``last.pt`` in the output folder.
+        resume: continue from ``last.pt`` in the output folder; the config must equal the
+            checkpoint's except for ``RESUME_SAFE_KEYS`` and ``allow_config_change``.
+        allow_config_change: dotted keys (or prefixes) a resumed run may change; the changes
+            are recorded in ``results.json`` (``resume_config_changes``).
         device: default CUDA when available.
+
+    The run folder is locked (``.lock`` with the pid) from construction to the end of
+    :meth:`run`; a second run into it fails at once.
     """
 
     def __init__(
@@ -424,6 +525,7 @@ class Runner:
         data_root: str | Path | None = None,
         resume: bool = False,
         device: str | torch.device | None = None,
+        allow_config_change: Sequence[str] = (),
     ):
         if config["output"]["plots"] and importlib.util.find_spec("matplotlib") is None:
             raise ImportError(
@@ -431,13 +533,50 @@ class Runner:
                 "or pass --set output.plots=false"
             )
         self.config = config
+        self.data_root = data_root
         self.resume = resume
+        self.allow_config_change = tuple(allow_config_change)
+        self.resume_config_changes: dict[str, dict] = {}
         self.out_dir = Path(config["output"]["dir"].format(name=config["name"]))
+        self._check_meaningful()
         self.rank, self.world_size = self._init_distributed()
         self.device = resolve_device(device)
+        self.lock = RunLock(self.out_dir)
+        if self.rank == 0:
+            check_output_dir(self.out_dir)
+            self.lock.acquire()
+        try:
+            self._build()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _check_meaningful(self) -> None:
+        """Config errors for runs that would train nothing or learn nothing."""
+        config = self.config
+        if config["schedule"]["epochs"] < 1:
+            raise ConfigError(f"schedule.epochs must be >= 1, got {config['schedule']['epochs']}")
+        data = config["data"]
+        if data["sampler"] == "unique_class" and data["images_per_class"] < 2:
+            pair = [t["type"] for t in config["loss"]["terms"] if t["type"] in PAIR_LOSSES]
+            if pair:
+                raise ConfigError(
+                    f"data.images_per_class is {data['images_per_class']}: {', '.join(pair)} "
+                    "needs at least 2 images of a class per batch (its loss would be 0)"
+                )
+
+    def _build(self) -> None:
+        config = self.config
         seed_everything(config["seed"])
-        self.train_set, self.eval_sets, self.splits_to_eval = self._build_datasets(data_root)
+        self.train_set, self.eval_sets, self.splits_to_eval = self._build_datasets(self.data_root)
         self.num_classes = int(np.max(self.train_set.labels)) + 1
+        for split, dataset in {"train": self.train_set, **self.eval_sets}.items():
+            found = len(np.unique(np.asarray(dataset.labels)))
+            if found < 2:
+                raise ValueError(
+                    f"the {split} split of dataset {config['data']['dataset']!r} has {found} "
+                    "class; metric learning and Recall@K need at least 2"
+                )
         self.model = build_model_on(config, self.device)
         self.loss_terms = [t.to(self.device) for t in build_loss_terms(config, self.num_classes)]
         self.loss = combine_losses(config, self.loss_terms)
@@ -547,9 +686,11 @@ class Runner:
 
     def _end_of_epoch(self, trainer: MetricLossTrainer) -> bool:
         epoch, ev = trainer.epoch, self.config["eval"]
+        loss = float(torch.stack(self._epoch_losses).double().mean())
+        self._warn_loss_blowup(epoch, loss)
         entry: dict[str, Any] = {
             "epoch": epoch,
-            "loss": float(torch.stack(self._epoch_losses).double().mean()),
+            "loss": loss,
             # every group's lr (PML's record keeper logs only the first group of each optimizer)
             "lr": {
                 group.get("name", f"{key}.{i}"): group["lr"]
@@ -580,6 +721,17 @@ class Runner:
             dist.barrier()
         return True
 
+    def _warn_loss_blowup(self, epoch: int, loss: float) -> None:
+        losses = [h["loss"] for h in self.history if math.isfinite(h["loss"])]
+        best = min(losses, default=None)
+        if best is not None and best > 0 and loss > LOSS_BLOWUP_FACTOR * best:
+            message = (
+                f"{self.config['name']}: epoch {epoch} loss {loss:.4g} is {loss / best:.0f}x its "
+                f"best {best:.4g}: the run may be diverging (lower the learning rate)"
+            )
+            LOGGER.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+
     def evaluate(self, epoch: int) -> dict[str, float]:
         """Recall@K of the current model on the evaluation split(s)."""
         return evaluate_recall(self.tester, self.eval_sets, self.splits_to_eval, self.model, epoch)
@@ -589,28 +741,52 @@ class Runner:
         """Train (resuming when asked); returns the results dict also written as JSON.
 
         Raises:
-            NonFiniteLossError: the loss became NaN; ``last.pt`` keeps the last good epoch and
-                ``results.json`` says ``failed``.
+            NonFiniteLossError: the loss or the evaluation embeddings became NaN; ``last.pt``
+                keeps the last good epoch. On this and any other error ``results.json`` says
+                ``failed`` with the reason.
+            ConfigError: ``resume`` with a config that differs from the checkpoint's.
         """
-        start = 1
-        if self.resume:
-            path = self.out_dir / LAST
-            if not path.is_file():
-                raise FileNotFoundError(f"--resume: no checkpoint {path} to resume from")
-            state = load_checkpoint(path, self.device)
-            start = self.trainer.load_state_dict(state)
-            self.history, self.best = state["history"], state["best"]
-        if self.rank == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(dump_config(self.config))
         try:
+            start = self._resume() if self.resume else 1
+            if self.rank == 0:
+                (self.out_dir / "config.yaml").write_text(dump_config(self.config))
             if start <= self.config["schedule"]["epochs"]:
                 self.trainer.train(start, self.config["schedule"]["epochs"])
-        except NonFiniteLossError as error:
-            if self.rank == 0:
-                self.write_results("failed", str(error))
+            return self.write_results("finished") if self.rank == 0 else {}
+        except BaseException as error:
+            if self.rank == 0 and not isinstance(error, ConfigError | CheckpointError):
+                try:
+                    self.write_results("failed", f"{type(error).__name__}: {error}")
+                except Exception as write_error:  # keep the original error
+                    LOGGER.error("could not write results.json: %s", write_error)
             raise
-        return self.write_results("finished") if self.rank == 0 else {}
+        finally:
+            self.lock.release()
+
+    def _resume(self) -> int:
+        path = self.out_dir / LAST
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint {path} to resume from")
+        state = load_checkpoint(path, self.device)
+        if not isinstance(state.get("config"), dict):
+            raise CheckpointError(f"{path} is not a pml-hyper run checkpoint: it has no config")
+        changes = config_changes(state["config"], self.config)
+        refused = [k for k in changes if not _matches(k, RESUME_SAFE_KEYS)]
+        refused = [k for k in refused if not _matches(k, self.allow_config_change)]
+        if refused:
+            listed = ", ".join(
+                f"{k} ({changes[k]['checkpoint']!r} -> {changes[k]['now']!r})" for k in refused
+            )
+            raise ConfigError(
+                f"--resume: the config differs from the one {path} was trained with: {listed}. "
+                "Restore it, or pass --allow-config-change KEY... to accept the change"
+            )
+        self.resume_config_changes = {
+            k: v for k, v in changes.items() if not _matches(k, RESUME_SAFE_KEYS)
+        }
+        start = self.trainer.load_state_dict(state)
+        self.history, self.best = state["history"], state["best"]
+        return start
 
     def write_results(self, status: str, error: str | None = None) -> dict:
         """Write ``results.json`` (and ``curves.png``); returns the results dict."""
@@ -630,10 +806,12 @@ class Runner:
             "paper": self.config["paper"],
             "machine": machine(),
             "world_size": self.world_size,
+            "resume_config_changes": self.resume_config_changes,
             "config": self.config,
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "results.json").write_text(json.dumps(results, indent=2))
+        text = json.dumps(results, indent=2)
+        write_atomically(self.out_dir / "results.json", lambda p: p.write_text(text))
         if self.config["output"]["plots"] and self.history:
             plot_curves(self.history, self.out_dir / "curves.png", self.config["name"])
         return results

@@ -4,7 +4,10 @@ docs/hist.md#recipe; docs/hier.md#optimizer)."""
 from __future__ import annotations
 
 import functools
+import os
+import pickle
 import random
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,6 +20,13 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from .distributed_loss_wrapper import DistributedLossWrapper
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+CHECKPOINT_KEYS = ("epoch", "models")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is corrupt, truncated, or not a trainer checkpoint."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -259,21 +269,52 @@ class MetricLossTrainer(MetricLossOnly):
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], object]) -> None:
-    """Call ``write`` on ``<path>.partial``, then rename that file to ``path`` (an interrupted
-    write never leaves a truncated ``path``)."""
+    """Call ``write`` on a temporary file unique to this call (``<path>.<pid>.<random>.partial``),
+    then rename it to ``path`` (an interrupted write never leaves a truncated ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(path.suffix + ".partial")
-    write(partial)
-    partial.replace(path)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.partial")
+    try:
+        write(partial)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint written by :meth:`MetricLossTrainer.save_checkpoint`."""
+    """Read a checkpoint written by :meth:`MetricLossTrainer.save_checkpoint`, with
+    ``weights_only=True`` (tensors and plain Python containers only, never arbitrary objects).
+
+    Raises:
+        FileNotFoundError: ``path`` is missing, or a folder.
+        CheckpointError: ``path`` is empty, truncated, not a torch file, or a torch file that is
+            not a trainer checkpoint (e.g. a bare ``state_dict``).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} is a folder: pass a .pt file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes), not a pml-hyper checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"checkpoint {path} holds objects other than tensors and plain containers, so it "
+            f"is not a pml-hyper checkpoint and is not loaded ({error.__class__.__name__})"
+        ) from None
+    except (EOFError, OSError, RuntimeError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or not a torch checkpoint file ({error})"
+        ) from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a pml-hyper trainer checkpoint: no {', '.join(missing)} "
+            "(a bare state_dict or another program's file?)"
+        )
+    return state
 
 
 def rng_state() -> dict:

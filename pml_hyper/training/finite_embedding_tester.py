@@ -1,0 +1,30 @@
+"""PML's global embedding-space tester that refuses non-finite embeddings."""
+
+from __future__ import annotations
+
+import torch
+from pytorch_metric_learning import testers
+
+from .trainer import NonFiniteLossError
+
+
+class NonFiniteEmbeddingsError(NonFiniteLossError):
+    """The model produced NaN or infinite embeddings: the run diverged."""
+
+
+class FiniteEmbeddingTester(testers.GlobalEmbeddingSpaceTester):
+    """``GlobalEmbeddingSpaceTester`` that raises :class:`NonFiniteEmbeddingsError` when any
+    computed embedding is NaN or infinite, before the kNN and accuracies see it."""
+
+    def compute_all_embeddings(self, dataloader, trunk_model, embedder_model):
+        embeddings, labels = super().compute_all_embeddings(dataloader, trunk_model, embedder_model)
+        finite = torch.isfinite(embeddings).all(dim=1)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise NonFiniteEmbeddingsError(
+                f"non-finite embeddings ({bad} of {len(finite)} rows) before evaluation: "
+                "the run diverged; training stopped, the "
+                "last good checkpoint is kept. Lower the learning rate or clip gradients "
+                "(gradients.max_norm)"
+            )
+        return embeddings, labels
