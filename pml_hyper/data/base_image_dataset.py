@@ -1,4 +1,4 @@
-"""Common logic of the image datasets: split check, labels, image loading (docs/hist.md#data)."""
+"""Common logic of the image datasets: split check, labels, label hierarchies, image loading."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+LABEL_MODES = ("class", "hierarchy")
 
 
 class BaseImageDataset(torch.utils.data.Dataset):
@@ -25,26 +27,48 @@ class BaseImageDataset(torch.utils.data.Dataset):
         paths: the image files, one per item.
         labels: ``(N,)`` int64 numpy array of the items' labels, in order (what PML samplers and
             testers need).
+        hierarchy_levels: the label levels, finest first (``HIERARCHY_LEVELS``; ``("class",)``
+            for a dataset without a hierarchy).
+        hierarchy: ``(N, L)`` int64 numpy array, one column per level; column 0 equals
+            ``labels``. Coarse ids are numbered over the whole dataset (all splits), so a coarse
+            class has the same id in every split.
 
     Args:
         root: folder holding the dataset in its official layout (``LAYOUT``).
         split: one of ``SPLITS``.
         transform: callable applied to each PIL image (e.g. :func:`pml_hyper.data.eval_transform`).
+        labels: what an item's label is: ``"class"`` (an int, the default), ``"hierarchy"``
+            (an ``(L,)`` int64 tensor, every level, for PML testers with
+            ``label_hierarchy_level``) or one level name of ``hierarchy_levels`` (that level's
+            int). ``.labels`` stays the class labels whatever this is.
     """
 
     SPLITS: tuple[str, ...] = ("train", "test")
     LAYOUT: str = ""
+    HIERARCHY_LEVELS: tuple[str, ...] = ("class",)
 
     def __init__(
         self,
         root: str | Path,
         split: str = "train",
         transform: Callable[[Image.Image], Any] | None = None,
+        labels: str = "class",
     ):
         if split not in self.SPLITS:
             raise ValueError(
                 f"{type(self).__name__}: split must be one of {self.SPLITS}, got {split!r}"
             )
+        if not isinstance(labels, str) or (
+            labels not in LABEL_MODES and labels not in self.HIERARCHY_LEVELS
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: labels must be 'class', 'hierarchy' or one of its "
+                f"hierarchy levels {self.HIERARCHY_LEVELS}, got {labels!r}"
+            )
+        self.label_mode = labels
+        self.hierarchy_levels = self.HIERARCHY_LEVELS
+        self._coarse: Any = None
+        self._coarse_missing = ""
         self.root = Path(root).expanduser()
         self.split = split
         self.transform = transform
@@ -60,6 +84,39 @@ class BaseImageDataset(torch.utils.data.Dataset):
                 f"{type(self).__name__}: the {split!r} split under {self.root} holds no image"
                 f"; expected layout:\n{self.LAYOUT}"
             )
+        self._hierarchy: np.ndarray | None = None
+        if len(self.HIERARCHY_LEVELS) == 1:
+            self._hierarchy = self.labels[:, None].copy()
+        elif self._coarse is not None:
+            coarse = np.asarray(self._coarse, dtype=np.int64).reshape(len(self.labels), -1)
+            if coarse.shape[1] != len(self.HIERARCHY_LEVELS) - 1:
+                raise RuntimeError(
+                    f"{type(self).__name__}: {coarse.shape[1]} coarse levels for "
+                    f"{self.HIERARCHY_LEVELS}"
+                )
+            self._hierarchy = np.column_stack([self.labels, coarse])
+        del self._coarse
+        if self.label_mode != "class":
+            self.hierarchy  # noqa: B018 - fails early when the hierarchy is unavailable
+
+    @property
+    def hierarchy(self) -> np.ndarray:
+        """``(N, L)`` int64 labels, one column per level of ``hierarchy_levels``."""
+        if self._hierarchy is None:
+            raise ValueError(
+                f"{type(self).__name__}: the label hierarchy {self.HIERARCHY_LEVELS} is not "
+                f"available: {self._coarse_missing}"
+            )
+        return self._hierarchy
+
+    def level(self, name: str) -> np.ndarray:
+        """``(N,)`` int64 labels of the hierarchy level ``name``."""
+        if name not in self.hierarchy_levels:
+            raise ValueError(
+                f"{type(self).__name__} has no hierarchy level {name!r}; its levels are "
+                f"{self.hierarchy_levels}"
+            )
+        return self.hierarchy[:, self.hierarchy_levels.index(name)]
 
     def _load_split(self) -> tuple[Sequence[Path], Sequence[int]]:
         """Return the split's image paths and labels, in order."""
@@ -74,11 +131,15 @@ class BaseImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, int | torch.Tensor]:
         image = self._read_image(self.paths[index])
         if self.transform is not None:
             image = self.transform(image)
-        return image, int(self.labels[index])
+        if self.label_mode == "class":
+            return image, int(self.labels[index])
+        if self.label_mode == "hierarchy":
+            return image, torch.from_numpy(self.hierarchy[index].copy())
+        return image, int(self.hierarchy[index, self.hierarchy_levels.index(self.label_mode)])
 
     def _missing(self, path: Path) -> FileNotFoundError:
         """The error for a missing file or folder: names it and the expected layout."""

@@ -18,10 +18,15 @@ class Cars196(BaseImageDataset):
     ``class`` fields) with ``scipy.io.loadmat``; the ``test`` field of the car-classification
     split is ignored. Label = ``class`` − 1 (train 0..97, test 98..195, not re-indexed). Images
     are in annotation order.
+
+    Hierarchy: ``("model", "make")``; make = the first word of the class's name in the
+    ``class_names`` array of ``cars_annos.mat`` (e.g. ``"BMW"`` for ``"BMW M3 Coupe 2012"``),
+    numbered in sorted order over all 196 classes (names in :attr:`make_names`).
     """
 
     SPLITS = ("train", "test")
     NUM_CLASSES = 196
+    HIERARCHY_LEVELS = ("model", "make")
     LAYOUT = (
         "  <root>/cars196/cars_annos.mat   (struct array 'annotations' with fields\n"
         "                                   'relative_im_path' and 'class' (1..196))\n"
@@ -50,4 +55,16 @@ class Cars196(BaseImageDataset):
         labels = classes - 1
         keep = (labels < self.NUM_CLASSES // 2) == (self.split == "train")
         paths = [folder / str(p) for p in annotations["relative_im_path"][keep]]
+        names = np.atleast_1d(mat.get("class_names", np.array([], dtype=object)))
+        names = [str(n).strip() for n in names.reshape(-1)]
+        if len(names) != self.NUM_CLASSES or not all(names):
+            self._coarse_missing = (
+                f"{mat_file} must hold 'class_names' with {self.NUM_CLASSES} non-empty names "
+                f"(found {len(names)}) to give the makes"
+            )
+        else:
+            makes = [n.split()[0] for n in names]
+            self.make_names = sorted(set(makes))
+            make_id = np.array([self.make_names.index(m) for m in makes], dtype=np.int64)
+            self._coarse = make_id[labels[keep]]
         return paths, labels[keep].tolist()

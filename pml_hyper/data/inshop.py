@@ -15,6 +15,11 @@ class InShop(BaseImageDataset):
     Labels come from the item ids (``id_00000001``): the train items, in sorted id order, are
     0..n−1; the test items are numbered 0..m−1 once over query ∪ gallery, so an item has the same
     label in ``query`` and ``gallery``. Evaluate query against gallery (``INSHOP_K_VALUES``).
+
+    Hierarchy: ``("item", "category", "gender")`` from the image path
+    ``img/<gender>/<category>/<item>/...``: category is ``<gender>/<category>`` (e.g.
+    ``MEN/Denim``), gender ``MEN`` or ``WOMEN``; both are numbered in sorted name order over all
+    splits (names in :attr:`category_names`, :attr:`gender_names`).
     """
 
     SPLITS = ("train", "query", "gallery")
@@ -26,6 +31,7 @@ class InShop(BaseImageDataset):
         "  <root>/Inshop_Clothes/Img/img/WOMEN/Dresses/id_00000002/02_1_front.jpg ..."
     )
     HEADER = ("image_name", "item_id", "evaluation_status")
+    HIERARCHY_LEVELS = ("item", "category", "gender")
 
     def _load_split(self) -> tuple[list[Path], list[int]]:
         folder = self.root / "Inshop_Clothes"
@@ -52,4 +58,18 @@ class InShop(BaseImageDataset):
         items = sorted({item for _, item, status in rows if status in label_splits})
         label_of = {item: label for label, item in enumerate(items)}
         chosen = [(name, item) for name, item, status in rows if status == self.split]
+        parts = {name: name.split("/") for name, _, _ in rows}
+        if any(len(p) < 5 or p[0] != "img" for p in parts.values()):
+            self._coarse_missing = (
+                f"{list_file}: image names must look like "
+                "'img/<gender>/<category>/<item>/<file>' to give categories and genders"
+            )
+        else:
+            self.category_names = sorted({"/".join(p[1:3]) for p in parts.values()})
+            self.gender_names = sorted({p[1] for p in parts.values()})
+            category = {n: i for i, n in enumerate(self.category_names)}
+            gender = {n: i for i, n in enumerate(self.gender_names)}
+            self._coarse = [
+                (category["/".join(parts[n][1:3])], gender[parts[n][1]]) for n, _ in chosen
+            ]
         return [folder / "Img" / name for name, _ in chosen], [label_of[i] for _, i in chosen]

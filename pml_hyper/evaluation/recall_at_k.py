@@ -53,6 +53,11 @@ class RecallAtK(AccuracyCalculator):
     - Testers: ``GlobalEmbeddingSpaceTester(normalize_embeddings=False,
       accuracy_calculator=RecallAtK(...))``; keep ``normalize_embeddings=False`` for hyperbolic
       embeddings.
+    - Hierarchies: with multi-level labels (a dataset's ``labels="hierarchy"``), the tester's
+      ``label_hierarchy_level="all"`` gives ``recall_at_<K>_level<L>`` per level: a hit is a
+      neighbour sharing that level's label (self-matches still excluded by index). Without a
+      tester, :func:`pml_hyper.evaluation.level_accuracies` does the same.
+    - Embeddings with NaN or inf entries are an error naming their rows, whatever the kNN.
 
     Args:
         k_values: the Ks; see ``CUB_CARS_K_VALUES``, ``SOP_K_VALUES``, ``INSHOP_K_VALUES``.
@@ -92,6 +97,22 @@ class RecallAtK(AccuracyCalculator):
         super().__init__(**accuracy_calculator_kwargs)
         if official_inshop_mask:
             self.knn_func = _OfficialQueryIndexMask(self.knn_func)
+
+    def get_accuracy(self, query, query_labels, reference=None, reference_labels=None, *args, **kw):
+        """PML's ``get_accuracy``, after checking that the embeddings are finite."""
+        for name, x in (("query", query), ("reference", reference)):
+            if x is None:
+                continue
+            x = torch.as_tensor(x)
+            if x.dim() != 2:
+                raise ValueError(f"RecallAtK: {name} embeddings must be 2-D, got {tuple(x.shape)}")
+            bad = torch.nonzero(~torch.isfinite(x).all(dim=1)).flatten().tolist()
+            if bad:
+                shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+                raise ValueError(
+                    f"RecallAtK: {len(bad)} {name} embedding rows hold NaN or inf (rows {shown})"
+                )
+        return super().get_accuracy(query, query_labels, reference, reference_labels, *args, **kw)
 
     def recall_metric_names(self) -> list[str]:
         """This calculator's ``recall_at_<K>`` names, by increasing K."""

@@ -729,7 +729,6 @@ class Runner:
                 f"{self.config['name']}: epoch {epoch} loss {loss:.4g} is {loss / best:.0f}x its "
                 f"best {best:.4g}: the run may be diverging (lower the learning rate)"
             )
-            LOGGER.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
@@ -758,7 +757,9 @@ class Runner:
                 try:
                     self.write_results("failed", f"{type(error).__name__}: {error}")
                 except Exception as write_error:  # keep the original error
-                    LOGGER.error("could not write results.json: %s", write_error)
+                    warnings.warn(
+                        f"could not write results.json: {write_error}", RuntimeWarning, stacklevel=2
+                    )
             raise
         finally:
             self.lock.release()

@@ -16,13 +16,17 @@ ANNOTATIONS = [
 ]
 
 
-def write_annotations(path, rows, names=("relative_im_path", "class")):
+# class_names: 196 names, "Make Model Year"; the make is the first word.
+CLASS_NAMES = [f"{'BMW' if i % 2 else 'Audi'} Model{i} 2012" for i in range(1, 197)]
+
+
+def write_annotations(path, rows, names=("relative_im_path", "class"), class_names=CLASS_NAMES):
     fields = [*names, "bbox_x1", "test"]
     table = np.zeros((1, len(rows)), dtype=[(f, "O") for f in fields])
     for i, (image, class_id) in enumerate(rows):
         table[0, i] = (image, np.array([[class_id]], dtype=np.uint8), np.array([[1]]), 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    savemat(path, {"annotations": table, "class_names": np.array(["a car"], dtype=object)})
+    savemat(path, {"annotations": table, "class_names": np.array(class_names, dtype=object)})
 
 
 @pytest.fixture
@@ -68,3 +72,21 @@ def test_class_out_of_range_is_an_error(tmp_path):
     write_annotations(tmp_path / "cars196" / "cars_annos.mat", [("car_ims/1.jpg", 197)])
     with pytest.raises(ValueError, match="expected 1..196"):
         Cars196(tmp_path)
+
+
+def test_hierarchy_is_model_then_make(root):
+    dataset = Cars196(root, split="train", labels="hierarchy")
+    assert dataset.hierarchy_levels == ("model", "make")
+    assert dataset.make_names == ["Audi", "BMW"]
+    # train classes 1, 98, 5: BMW (odd), Audi (even), BMW
+    assert dataset.hierarchy.tolist() == [[0, 1], [97, 0], [4, 1]]
+    assert dataset[1][1].tolist() == [97, 0]
+    assert Cars196(root, split="test", labels="make").level("make").tolist() == [1, 0]
+
+
+def test_hierarchy_needs_class_names(tmp_path, write_image):
+    write_annotations(tmp_path / "cars196" / "cars_annos.mat", ANNOTATIONS[:1], class_names=["x"])
+    write_image(tmp_path / "cars196" / ANNOTATIONS[0][0])
+    assert Cars196(tmp_path).labels.tolist() == [0]
+    with pytest.raises(ValueError, match="class_names.*196"):
+        Cars196(tmp_path, labels="make")

@@ -70,6 +70,7 @@ def test_split_of_is_pinned():
     expected |= {"1f680": "test", "2b50": "test", "1f34e": "test", "1f60d": "test"}
     assert {s: split_of(s) for s in expected} == expected
     assert split_of("1f44d-1f3fd") == split_of("1f44d")
+    assert split_of("1f46e-200d-2640") == "test"  # a gender variant follows its base
 
 
 def test_split_is_class_disjoint_and_groups_skin_tones(emoji):
@@ -132,3 +133,53 @@ def test_pretrained_lite0_retrieves_across_vendors(emoji):
     print(f"emoji OpenMoji->Twemoji, {NUM_CLASSES} test classes, 112 px: {recall}")
     chance = 1 / NUM_CLASSES
     assert recall["recall_at_1"] > 20 * chance
+
+
+def test_hierarchy_labels_have_four_levels(emoji_cache):
+    from pml_hyper.data.emoji_vendors import HIERARCHY_LEVELS
+
+    test = EmojiVendors(emoji_cache, split="test", labels="hierarchy")
+    assert test.hierarchy_levels == HIERARCHY_LEVELS == ("emoji", "base_emoji", "subgroup", "group")
+    assert test.hierarchy.shape == (len(test), 4) and test.hierarchy.dtype == np.int64
+    assert (test.hierarchy[:, 0] == test.labels).all()
+    label = test[0][1]
+    assert isinstance(label, torch.Tensor) and label.tolist() == test.hierarchy[0].tolist()
+    # each level is coarser than the one before: a finer id never spans two coarse ids
+    for fine, coarse in ((0, 1), (1, 2), (2, 3)):
+        pairs = np.unique(test.hierarchy[:, [fine, coarse]], axis=0)
+        assert len(pairs) == len(np.unique(pairs[:, 0]))
+    groups = test.level_names["group"]
+    police = test.sequences.index("1f46e")
+    assert groups[test.level("group")[police]] == "People & Body"
+    assert test.level_names["subgroup"][test.level("subgroup")[police]] == "person-role"
+    assert isinstance(EmojiVendors(emoji_cache, split="test", labels="group")[0][1], int)
+
+
+def test_no_base_emoji_in_both_splits(emoji):
+    from pml_hyper.data.emoji_vendors import base_sequence
+
+    train = {base_sequence(s) for s in emoji["train"].sequences}
+    test = {base_sequence(s) for s in emoji["test"].sequences}
+    assert not train & test
+    # the gender and hair variants of the examples share a split
+    assert split_of("1f46e-200d-2640") == split_of("1f46e-200d-2642") == split_of("1f46e")
+    assert split_of("1f468-200d-1f9b0") == split_of("1f9d1-200d-1f9b0")
+
+
+def test_unlisted_sequences_fall_back_to_base_or_other(emoji):
+    from pml_hyper.data.emoji_vendors import OTHER, hierarchy_of, unicode_groups
+
+    groups = unicode_groups()
+    assert hierarchy_of("1f600") == ("1f600", "face-smiling", "Smileys & Emotion")
+    for dataset in emoji.values():
+        assert dataset.unlisted and len(dataset.unlisted) < 0.1 * len(set(dataset.sequences))
+        for sequence in dataset.unlisted:
+            assert sequence not in groups
+            assert hierarchy_of(sequence)[1:] == (OTHER, OTHER)
+
+
+def test_unknown_level_is_an_error(emoji_cache):
+    with pytest.raises(ValueError, match="hierarchy levels.*'make'"):
+        EmojiVendors(emoji_cache, split="test", labels="make")
+    with pytest.raises(ValueError, match="no hierarchy level 'make'"):
+        EmojiVendors(emoji_cache, split="test").level("make")

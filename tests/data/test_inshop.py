@@ -75,3 +75,26 @@ def test_bad_status_is_an_error(root):
 def test_bad_split_lists_the_splits(root):
     with pytest.raises(ValueError, match=re.escape("('train', 'query', 'gallery')")):
         InShop(root, split="test")
+
+
+def test_hierarchy_is_item_category_gender(root):
+    query = InShop(root, split="query", labels="hierarchy")
+    assert query.hierarchy_levels == ("item", "category", "gender")
+    assert query.category_names == ["MEN/Denim", "WOMEN/Dresses"]
+    assert query.gender_names == ["MEN", "WOMEN"]
+    assert query.hierarchy[:, 1:].tolist() == [[0, 0], [0, 0]]
+    assert (query.hierarchy[:, 0] == query.labels).all()
+    train = InShop(root, split="train", labels="category")
+    assert [train[i][1] for i in range(3)] == [1, 1, 1]
+    assert train.level("gender").tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match="no hierarchy level 'make'"):
+        train.level("make")
+
+
+def test_hierarchy_needs_the_path_layout(tmp_path, write_image):
+    rows = [("flat.jpg", "id_00000001", "train")]
+    write_partition(tmp_path / "Inshop_Clothes" / "Eval" / "list_eval_partition.txt", rows)
+    write_image(tmp_path / "Inshop_Clothes" / "Img" / "flat.jpg")
+    assert InShop(tmp_path).labels.tolist() == [0]
+    with pytest.raises(ValueError, match="img/<gender>/<category>"):
+        InShop(tmp_path, labels="hierarchy")

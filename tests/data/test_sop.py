@@ -63,3 +63,13 @@ def test_bad_line_is_an_error(root):
     list_file.write_text(list_file.read_text() + "4 x 1 a.JPG\n")
     with pytest.raises(ValueError, match="line 5"):
         SOP(root)
+
+
+def test_hierarchy_is_class_then_super_class(root):
+    dataset = SOP(root, split="test", labels="hierarchy")
+    assert dataset.hierarchy_levels == ("class", "super_class")
+    assert dataset.hierarchy.tolist() == [[c - 1, s - 1] for c, s, _ in TEST]
+    assert dataset[0][1].tolist() == [11318, 0]
+    assert SOP(root, split="test", labels="super_class")[2][1] == 11
+    with pytest.raises(ValueError, match="hierarchy levels.*'gender'"):
+        SOP(root, labels="gender")

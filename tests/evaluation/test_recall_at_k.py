@@ -237,3 +237,16 @@ def test_inshop_quirk_leaves_all_vs_all_unchanged():
     plain = RecallAtK(INSHOP_K_VALUES, **kwargs).get_accuracy(x, y)
     quirk = RecallAtK(INSHOP_K_VALUES, official_inshop_mask=True, **kwargs).get_accuracy(x, y)
     assert len(quirk) == 9 and quirk == pytest.approx(plain)
+
+
+@pytest.mark.parametrize("knn", [None, "poincare", "cosine"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_embeddings_are_an_error_naming_the_rows(knn, bad):
+    x, y = make_data("euclidean", 50, num_classes=5, seed=8)
+    x[[3, 17]] = bad
+    kwargs = {} if knn is None else {"knn_func": KNN_FUNCS[knn]()}
+    calculator = RecallAtK((1,), include=("recall_at_1",), device=CPU, **kwargs)
+    with pytest.raises(ValueError, match=r"2 query embedding rows hold NaN or inf \(rows 3, 17\)"):
+        calculator.get_accuracy(x, y)
+    with pytest.raises(ValueError, match=r"reference embedding rows .*rows 3, 17"):
+        calculator.get_accuracy(x[:2].nan_to_num(), y[:2], x, y)
