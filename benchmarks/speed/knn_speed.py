@@ -1,6 +1,7 @@
-"""Exact hyperbolic kNN speed: HyperbolicKNN vs PML CustomKNN(PoincareDistance) vs Euclidean faiss.
+"""Exact kNN speed: HyperbolicKNN / CosineKNN vs PML CustomKNN vs a faiss flat search.
 
     python -m benchmarks.speed.knn_speed --device cpu
+    python -m benchmarks.speed.knn_speed --device cpu --metric cosine
 
 For each reference-set size N and each k, the first ``--queries`` reference points are searched
 against all N (SOP-style self-retrieval, ``ref_includes_query=True``):
@@ -14,6 +15,12 @@ against all N (SOP-style self-retrieval, ``ref_includes_query=True``):
 
 Exactness is checked on the CustomKNN queries against a float64 brute force. Results go to
 ``benchmarks/results/knn_speed_<device>.json``.
+
+``--metric cosine`` times the cosine evaluation of the HIST recipes on the raw clustered features:
+``cosine_<backend>`` (:class:`~pml_hyper.knn.CosineKNN`), ``faiss_ip`` (faiss ``IndexFlatIP`` on
+the L2-normalised float32 rows, the target) and ``customknn_cosine`` (PML's
+``CustomKNN(CosineSimilarity(), batch_size=1024)``, the runner's previous default); results go to
+``benchmarks/results/knn_speed_cosine_<device>.json``.
 """
 
 import argparse
@@ -22,10 +29,11 @@ import sys
 from pathlib import Path
 
 import torch
+from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.utils.inference import CustomKNN
 
 from pml_hyper.distances import PoincareDistance
-from pml_hyper.knn import HyperbolicKNN
+from pml_hyper.knn import CosineKNN, HyperbolicKNN
 from pml_hyper.knn.hyperbolic_knn import faiss_available
 from pml_hyper.layers import ToPoincare
 
@@ -106,9 +114,71 @@ def run_case(args, n: int, k: int, device: torch.device) -> dict:
     return case
 
 
+def run_cosine_case(args, n: int, k: int, device: torch.device) -> dict:
+    ref = make_clustered(n, args.dim, args.seed)[0].to(device)
+    queries = ref[: args.queries]
+    custom_queries = ref[: args.custom_queries]
+    case = {"N": n, "k": k, "dim": args.dim, "queries": len(queries)}
+    methods = {}
+    backends = ["torch"] + (["faiss"] if faiss_available() and device.type == "cpu" else [])
+    ours_idx = {}
+    for backend in backends:
+        knn = CosineKNN(backend=backend)
+        search = functools.partial(knn, queries, k, ref, True)
+        seconds, (_, idx) = timed(search, device, args.repeats)
+        methods[f"cosine_{backend}"] = {
+            "seconds": seconds,
+            "ms_per_query": 1e3 * seconds / len(queries),
+        }
+        ours_idx[backend] = idx
+        print(f"N={n} k={k} cosine_{backend}: {seconds:.2f} s", file=sys.stderr, flush=True)
+    if faiss_available() and device.type == "cpu":
+        import faiss
+
+        def faiss_ip():
+            unit = torch.nn.functional.normalize(ref, dim=1).numpy()
+            index = faiss.IndexFlatIP(unit.shape[1])
+            index.add(unit)
+            return index.search(unit[: len(queries)], k + 1)
+
+        seconds, _ = timed(faiss_ip, device, args.repeats)
+        methods["faiss_ip"] = {"seconds": seconds, "ms_per_query": 1e3 * seconds / len(queries)}
+        print(f"N={n} k={k} faiss_ip: {seconds:.2f} s", file=sys.stderr, flush=True)
+    custom = CustomKNN(CosineSimilarity(), batch_size=1024)
+    seconds, (_, custom_idx) = timed(lambda: custom(custom_queries, k, ref, True), device, 1)
+    methods["customknn_cosine"] = {
+        "seconds": seconds,
+        "queries": len(custom_queries),
+        "ms_per_query": 1e3 * seconds / len(custom_queries),
+    }
+    print(f"N={n} k={k} customknn_cosine: {seconds:.2f} s", file=sys.stderr, flush=True)
+    _, exact_idx = CustomKNN(CosineSimilarity(), batch_size=256)(
+        custom_queries.double(), k, ref.double(), True
+    )
+    case["exactness"] = {
+        "reference": "float64 brute force CustomKNN(CosineSimilarity) on the CustomKNN queries",
+        **{
+            f"cosine_{b}_identical_rows": (idx[: len(custom_queries)] == exact_idx)
+            .all(1)
+            .float()
+            .mean()
+            .item()
+            for b, idx in ours_idx.items()
+        },
+        "customknn_float32_identical_rows": (custom_idx == exact_idx).all(1).float().mean().item(),
+    }
+    case["methods"] = methods
+    best = min(v["ms_per_query"] for key, v in methods.items() if key.startswith("cosine_"))
+    case["speedup_vs_customknn"] = methods["customknn_cosine"]["ms_per_query"] / best
+    if "faiss_ip" in methods:
+        case["time_ratio_vs_faiss_ip"] = best / methods["faiss_ip"]["ms_per_query"]
+    return case
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--metric", choices=["hyperbolic", "cosine"], default="hyperbolic")
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 60_000])
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 1000])
     parser.add_argument("--dim", type=int, default=512)
@@ -124,24 +194,42 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
-    cases = [run_case(args, n, k, device) for n in args.sizes for k in args.ks]
+    cosine = args.metric == "cosine"
+    case_fn = run_cosine_case if cosine else run_case
+    cases = [case_fn(args, n, k, device) for n in args.sizes for k in args.ks]
+    data = (
+        "clustered features (about 5 per class, norms 0.5..6), not normalised; queries = the "
+        "first Q reference points, ref_includes_query=True"
+        if cosine
+        else "clustered embeddings mapped by ToPoincare(c=0.1, clip_r=2.3); queries = the "
+        "first Q reference points, ref_includes_query=True"
+    )
     result = {
-        "benchmark": "knn_speed",
+        "benchmark": "knn_speed_cosine" if cosine else "knn_speed",
+        "torch_threads": torch.get_num_threads(),
         "device": args.device,
         "date": utc_now(),
         "machine": machine_info(args.device),
         "versions": versions(),
         "method": {
-            "data": "clustered embeddings mapped by ToPoincare(c=0.1, clip_r=2.3); queries = the "
-            "first Q reference points, ref_includes_query=True",
+            "data": data,
             "time": f"best of {args.repeats} runs (CustomKNN: 1 run on fewer queries); compared "
             "per query",
         },
         "cases": cases,
     }
-    out = args.out or RESULTS_DIR / f"knn_speed_{device.type}.json"
+    name = "knn_speed_cosine" if cosine else "knn_speed"
+    out = args.out or RESULTS_DIR / f"{name}_{device.type}.json"
     write_results(result, out)
     for case in cases:
+        if cosine:
+            exact = {k: v for k, v in case["exactness"].items() if k.endswith("rows")}
+            print(
+                f"N={case['N']:>6} k={case['k']:>5}: speed-up vs CustomKNN "
+                f"{case['speedup_vs_customknn']:.1f}x, time vs faiss IP "
+                f"{case.get('time_ratio_vs_faiss_ip', float('nan')):.2f}x, exact rows {exact}"
+            )
+            continue
         print(
             f"N={case['N']:>6} k={case['k']:>5}: speed-up vs CustomKNN "
             f"{case['speedup_vs_customknn']:.1f}x, time vs faiss L2 "
