@@ -142,6 +142,7 @@ def test_runner_applies_paper_world_size(make_config):
 
     default = Runner(build_config(make_config("pa_hier", epochs=1)))
     assert not isinstance(default.trainer.loss_funcs["metric_loss"], DistributedLossWrapper)
+    default.lock.release()  # a built Runner holds its run folder until run() ends
     config = build_config(make_config("pa_hier", epochs=1), ["distributed.paper_world_size=2"])
     wrapped = Runner(config).trainer.loss_funcs["metric_loss"]
     assert isinstance(wrapped, DistributedLossWrapper) and wrapped.paper_world_size == 2
