@@ -141,15 +141,13 @@ class CosineKNN:
         # a candidate scoring below s_k - 2·bound cannot be among the k most similar
         can_be_nearest = scores[:, k:] >= (scores[:, k - 1] - 2 * bound)[:, None]
         cand_prefix = cand[:, : k + int(can_be_nearest.any(0).sum())]
-        refs, inverse = torch.unique(cand_prefix, return_inverse=True)
-        ref_norm = torch.linalg.vector_norm(y[refs].to(torch.float64), dim=1)[inverse]
-        exact = _candidate_inner(x64, y, cand_prefix) / (x_norm[:, None] * ref_norm)
+        y_norm = _norms64(y)
+        exact = _candidate_inner(x64, y, cand_prefix) / (x_norm[:, None] * y_norm[cand_prefix])
         sims, order = torch.topk(exact, k, dim=1)
         indices = cand_prefix.gather(1, order)
         redo = scores[:, -1] + bound >= sims[:, -1]
         if redo.any():
             rows = redo.nonzero().squeeze(1)
-            y_norm = _norms64(y)
             sims[rows], indices[rows] = _float64_search(x64[rows], x_norm[rows], y, y_norm, k)
         return sims, indices
 
