@@ -178,6 +178,13 @@ class MetricLossTrainer(MetricLossOnly):
         return embeddings if embeddings.dtype == torch.float64 else embeddings.float()
 
     def maybe_get_metric_loss(self, embeddings, labels, indices_tuple):
+        if not bool(torch.isfinite(embeddings).all()):
+            raise NonFiniteLossError(
+                f"non-finite training embeddings at epoch {self.epoch}, iteration "
+                f"{self.iteration}: the run diverged; training stopped before stepping, the last "
+                "good checkpoint is kept. Lower the learning rates, enable a gradient clamp, or "
+                "train in float32 (amp: null)."
+            )
         with torch.autocast(self.data_device.type, enabled=False):
             return super().maybe_get_metric_loss(embeddings, labels, indices_tuple)
 
