@@ -1,11 +1,13 @@
 """Reliability of runs: the run-folder lock, resume config checks, divergence stops, corrupt
 checkpoints, unusable output folders and meaningless configs (tiny synthetic recipe)."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,10 +157,13 @@ def test_loss_blowup_warns(make_config):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from conftest import recipe_config
-
+    spec = importlib.util.spec_from_file_location(
+        "_recipes", Path(__file__).with_name("conftest.py")
+    )
+    recipes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipes)
     tmp_path = tmp_path_factory.mktemp("run")
-    raw = recipe_config("hyp", tmp_path, epochs=1)
+    raw = recipes.recipe_config("hyp", tmp_path, epochs=1)
     Runner(build_config(raw)).run()
     return tmp_path / raw["name"]
 
