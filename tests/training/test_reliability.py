@@ -15,7 +15,6 @@ import yaml
 
 from pml_hyper.cli import main
 from pml_hyper.training import ConfigError, NonFiniteLossError, Runner, build_config
-from pml_hyper.training.run_lock import RunFolderBusyError
 from pml_hyper.training.trainer import write_atomically
 
 
@@ -72,6 +71,8 @@ def test_stale_lock_is_taken_over_and_released(make_config, tmp_path):
     (out_dir / ".lock").write_text(f"{_dead_pid()} {socket.gethostname()}\n")
     runner = Runner(config)
     assert (out_dir / ".lock").read_text().split()[0] == str(os.getpid())
+    from pml_hyper.training.run_lock import RunFolderBusyError
+
     with pytest.raises(RunFolderBusyError, match=str(os.getpid())):
         Runner(config)
     runner.run()
