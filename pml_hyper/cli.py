@@ -66,6 +66,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_data(args: argparse.Namespace) -> int:
+    from .training.check_data import check_data
+    from .training.config import load_config
+
+    _check_config_file(args.config)
+    bad = check_data(load_config(args.config, args.set), data_root=args.data_root)
+    total = sum(len(errors) for errors in bad.values())
+    for split, errors in bad.items():
+        print(f"{split}: {len(errors)} bad image(s)")
+        for error in errors:
+            print(f"  {error}")
+    if not bad:
+        print("no image files to check (synthetic data)")
+    print(f"{total} bad image(s) in total")
+    return 1 if total else 0
+
+
+def _add_check_data_parser(commands) -> None:
+    check = commands.add_parser(
+        "check-data", help="open every image of a config's datasets once and list bad files"
+    )
+    check.add_argument("config", help="YAML config file")
+    check.add_argument("--data-root", help="dataset folder (overrides data.root)")
+    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    check.set_defaults(func=_check_data)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .training.demo import run_demo
 
@@ -133,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     evaluate.set_defaults(func=_evaluate)
+
+    _add_check_data_parser(commands)
 
     demo = commands.add_parser(
         "demo", help="offline demo: emoji retrieval with EfficientNet-Lite0, five recipes"

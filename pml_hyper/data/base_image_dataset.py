@@ -13,6 +13,10 @@ from PIL import Image
 LABEL_MODES = ("class", "hierarchy")
 
 
+class CorruptImageError(ValueError):
+    """An image file of a dataset that is truncated or not an image."""
+
+
 class BaseImageDataset(torch.utils.data.Dataset):
     """A list of image files with one integer label each; items are ``(image, label)``.
 
@@ -168,3 +172,8 @@ class BaseImageDataset(torch.utils.data.Dataset):
                 return image.convert("RGB")
         except FileNotFoundError:
             raise self._missing(path) from None
+        except (OSError, SyntaxError, ValueError) as error:  # truncated, junk (Unidentified...)
+            raise CorruptImageError(
+                f"{type(self).__name__}: cannot read image {path} ({error}); "
+                "replace or remove the file"
+            ) from None

@@ -16,9 +16,9 @@ class FiniteEmbeddingTester(testers.GlobalEmbeddingSpaceTester):
     """``GlobalEmbeddingSpaceTester`` that raises :class:`NonFiniteEmbeddingsError` when any
     computed embedding is NaN or infinite, before the kNN and accuracies see it."""
 
-    def compute_all_embeddings(self, dataloader, trunk_model, embedder_model):
-        embeddings, labels = super().compute_all_embeddings(dataloader, trunk_model, embedder_model)
-        finite = torch.isfinite(embeddings).all(dim=1)
+    def get_all_embeddings(self, *args, **kwargs):
+        embeddings, labels = super().get_all_embeddings(*args, **kwargs)
+        finite = torch.isfinite(torch.as_tensor(embeddings)).all(dim=1)
         if not bool(finite.all()):
             bad = int((~finite).sum())
             raise NonFiniteEmbeddingsError(

@@ -178,6 +178,13 @@ class MetricLossTrainer(MetricLossOnly):
         return embeddings if embeddings.dtype == torch.float64 else embeddings.float()
 
     def maybe_get_metric_loss(self, embeddings, labels, indices_tuple):
+        if not bool(torch.isfinite(embeddings).all()):
+            raise NonFiniteLossError(
+                f"non-finite training embeddings at epoch {self.epoch}, iteration "
+                f"{self.iteration}: the run diverged; training stopped before stepping, the last "
+                "good checkpoint is kept. Lower the learning rates, enable a gradient clamp, or "
+                "train in float32 (amp: null)."
+            )
         with torch.autocast(self.data_device.type, enabled=False):
             return super().maybe_get_metric_loss(embeddings, labels, indices_tuple)
 
@@ -304,7 +311,7 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
             f"checkpoint {path} holds objects other than tensors and plain containers, so it "
             f"is not a pml-hyper checkpoint and is not loaded ({error.__class__.__name__})"
         ) from None
-    except (EOFError, OSError, RuntimeError, ValueError) as error:
+    except Exception as error:  # truncated or random bytes fail anywhere in the unpickler
         raise CheckpointError(
             f"checkpoint {path} is truncated or not a torch checkpoint file ({error})"
         ) from None
