@@ -58,7 +58,7 @@ def _add_resume_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .training.runner import evaluate_checkpoint
+    from .training.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, overrides=args.set)
     for name, value in metrics.items():

@@ -7,6 +7,7 @@ from .emoji_vendors import EmojiVendors
 from .inshop import InShop
 from .samplers import UniqueClassSampler
 from .sop import SOP
+from .synthetic_images import SyntheticImages
 from .transforms import eval_transform, train_transform
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "EmojiVendors",
     "InShop",
     "SOP",
+    "SyntheticImages",
     "UniqueClassSampler",
     "eval_transform",
     "train_transform",

@@ -3,8 +3,6 @@
 from .config import ConfigError, build_config, load_config
 from .distributed_loss_wrapper import DistributedLossWrapper
 from .runner import Runner
-from .synthetic_images import SyntheticImages
-from .tiny_cnn import TinyCNN
 from .trainer import MetricLossTrainer, NonFiniteLossError
 
 __all__ = [
@@ -13,8 +11,6 @@ __all__ = [
     "MetricLossTrainer",
     "NonFiniteLossError",
     "Runner",
-    "SyntheticImages",
-    "TinyCNN",
     "build_config",
     "load_config",
 ]

@@ -8,7 +8,7 @@ import torch
 import tqdm
 
 from ..data.base_image_dataset import BaseImageDataset, CorruptImageError
-from .runner import build_datasets
+from .builders import build_datasets
 
 
 def _image_datasets(dataset) -> tuple[BaseImageDataset, list[int]] | None:

@@ -54,7 +54,7 @@ SCHEMA: dict[str, Any] = {
         "synthetic": FREE,  # SyntheticImages arguments when dataset is synthetic
     },
     "model": {
-        "backbone": "resnet50",  # a pml_hyper.models.BACKBONES key or "tiny_cnn" (tests)
+        "backbone": "resnet50",  # a pml_hyper.models.BACKBONES or MODELS key ("tiny_cnn": tests)
         "pretrained": True,
         "checkpoint_path": None,
         "embedding_size": 512,
@@ -244,3 +244,32 @@ def _set(config: dict, dotted: str, value: Any) -> None:
 def dump_config(config: dict) -> str:
     """The config as YAML (what a results file records)."""
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{dotted.key: leaf}`` of a nested config (list items by index)."""
+    if isinstance(value, dict) and value:
+        items = value.items()
+    elif isinstance(value, list) and value:
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix: value}
+    flat = {}
+    for key, item in items:
+        flat.update(flatten_config(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def matches_prefix(key: str, prefixes: Iterable[str]) -> bool:
+    """Whether dotted ``key`` is one of ``prefixes`` or inside one."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_changes(old: dict, new: dict) -> dict[str, dict]:
+    """``{key: {"checkpoint": old, "now": new}}`` for every dotted key that differs."""
+    a, b = flatten_config(old), flatten_config(new)
+    return {
+        k: {"checkpoint": a.get(k), "now": b.get(k)}
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k) != b.get(k)
+    }

@@ -34,8 +34,10 @@ from ..data import EmojiVendors, eval_transform, train_transform
 from ..data.class_split import ClassSubset, stratified_sample, validation_classes
 from ..data.emoji_vendors import SKIN_TONES
 from ..evaluation import recall_metric_names
+from .builders import build_model_on, build_tester, resolve_device
 from .config import load_config
-from .runner import Runner, build_model_on, build_tester, evaluate_recall, resolve_device
+from .evaluate import evaluate_recall
+from .runner import Runner
 
 ATTRIBUTION = (
     "Emoji: OpenMoji (CC BY-SA 4.0) vs Twemoji (CC BY 4.0, Copyright 2019 Twitter, Inc and "

@@ -24,17 +24,16 @@ import numpy as np
 import torch
 
 from ..data import UniqueClassSampler
-from .demo import RECIPES, demo_config, demo_datasets
-from .runner import (
+from .builders import (
     build_loss_terms,
     build_model,
     build_model_on,
     build_tester,
     combine_losses,
-    loss_param_groups,
-    make_optimizer,
     resolve_device,
 )
+from .demo import RECIPES, demo_config, demo_datasets
+from .optim import loss_param_groups, make_optimizer
 from .trainer import seed_everything
 
 SEARCH_SPACE: dict[str, dict[str, list]] = {

@@ -6,48 +6,40 @@ from __future__ import annotations
 import datetime
 import functools
 import importlib.util
-import inspect
 import json
 import math
 import os
-import platform
 import shutil
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from pytorch_metric_learning import distances as pml_distances
-from pytorch_metric_learning import losses as pml_losses
-from pytorch_metric_learning import testers
-from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import logging_presets
 
-from .. import distances as hyper_distances
-from .. import losses as hyper_losses
 from ..data import (
-    CUB200,
-    SOP,
-    Cars196,
-    EmojiVendors,
-    InShop,
     UniqueClassSampler,
-    eval_transform,
-    train_transform,
 )
-from ..evaluation import RecallAtK, recall_metric_names
-from ..knn import CosineKNN, HyperbolicKNN
-from ..models import EmbeddingModel, HIERHead
-from .config import ConfigError, build_config, dump_config
+from .builders import (
+    build_datasets,
+    build_loss_terms,
+    build_model_on,
+    build_tester,
+    combine_losses,
+    resolve_device,
+)
+from .config import ConfigError, config_changes, dump_config, matches_prefix
 from .distributed_loss_wrapper import DistributedLossWrapper, is_distributed
-from .finite_embedding_tester import FiniteEmbeddingTester
+from .evaluate import evaluate_recall
+from .optim import build_optimizers
+from .results import build_record_keeper, check_output_dir, machine, plot_curves
 from .run_lock import RunLock
-from .synthetic_images import SyntheticImages
-from .tiny_cnn import TinyCNN
 from .trainer import (
+    BEST,
+    LAST,
     CheckpointError,
     MetricLossTrainer,
     load_checkpoint,
@@ -55,9 +47,6 @@ from .trainer import (
     write_atomically,
 )
 
-DATASETS = {"cub200": CUB200, "cars196": Cars196, "sop": SOP, "inshop": InShop}
-HYPERBOLIC_HEADS = ("hier", "hyp")
-LAST, BEST = "last.pt", "best.pt"
 # config keys a resumed run may change without --allow-config-change (prefixes of dotted keys)
 RESUME_SAFE_KEYS = (
     "schedule.epochs",
@@ -69,10 +58,12 @@ RESUME_SAFE_KEYS = (
     "data.root",
     "data.eval_batch_size",
 )
-# keys that define a checkpoint's model and geometry: never overridden when evaluating it
-CHECKPOINT_MODEL_KEYS = ("model",)
+
+
 # an epoch loss this many times its best so far is warned about
 LOSS_BLOWUP_FACTOR = 100.0
+
+
 # losses that need two images of a class in a batch (no proxies)
 PAIR_LOSSES = (
     "ContrastiveLoss",
@@ -93,407 +84,6 @@ PAIR_LOSSES = (
     "NPairsLoss",
     "PNPLoss",
 )
-
-
-def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``{dotted.key: leaf}`` of a nested config (list items by index)."""
-    if isinstance(value, dict) and value:
-        items = value.items()
-    elif isinstance(value, list) and value:
-        items = ((str(i), v) for i, v in enumerate(value))
-    else:
-        return {prefix: value}
-    flat = {}
-    for key, item in items:
-        flat.update(flatten_config(item, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def _matches(key: str, prefixes: Iterable[str]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
-def config_changes(old: dict, new: dict) -> dict[str, dict]:
-    """``{key: {"checkpoint": old, "now": new}}`` for every dotted key that differs."""
-    a, b = flatten_config(old), flatten_config(new)
-    return {
-        k: {"checkpoint": a.get(k), "now": b.get(k)}
-        for k in sorted(a.keys() | b.keys())
-        if a.get(k) != b.get(k)
-    }
-
-
-def check_output_dir(folder: Path) -> None:
-    """Create ``folder`` and check that files can be written in it, with a clear error."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise ConfigError(
-            f"output folder {folder} cannot be used: {reason} ({error.filename or folder}); "
-            "set output.dir to a writable folder"
-        ) from None
-
-
-class Labelled(torch.utils.data.Subset):
-    """A subset that keeps the ``labels`` array PML samplers and testers read."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset, indices: np.ndarray):
-        super().__init__(dataset, indices.tolist())
-        self.labels = np.asarray(dataset.labels)[indices]
-
-
-def first_classes(dataset: torch.utils.data.Dataset, max_classes: int | None):
-    """``dataset`` restricted to its ``max_classes`` smallest labels (all when ``None``)."""
-    if max_classes is None:
-        return dataset
-    labels = np.asarray(dataset.labels)
-    keep = np.unique(labels)[:max_classes]
-    return Labelled(dataset, np.flatnonzero(np.isin(labels, keep)))
-
-
-def build_datasets(config: dict, data_root: str | Path | None = None) -> tuple[Any, dict, list]:
-    """Train dataset, tester ``dataset_dict`` and ``splits_to_eval`` of ``config["data"]``."""
-    data, backbone = config["data"], config["model"]["backbone"]
-    name = data["dataset"]
-    root = data_root if data_root is not None else data["root"]
-    if name == "synthetic":
-        splits = {s: SyntheticImages(s, **data["synthetic"]) for s in ("train", "test")}
-        return splits["train"], {"test": splits["test"]}, [("test", ["test"])]
-    tf_backbone = "tf_efficientnet_lite0" if backbone == "tiny_cnn" else backbone
-    size, interp = data["image_size"], data["interpolation"]
-    eval_tf = eval_transform(tf_backbone, size, data["eval_crop_pct"], interp)
-    train_tf = train_transform(tf_backbone, size, interp) if data["train_augmentation"] else eval_tf
-    if name == "emoji":
-        make = functools.partial(EmojiVendors, root)
-    elif name in DATASETS:
-        if root is None:
-            raise ValueError(f"dataset {name!r} needs a data root: pass --data-root DIR")
-        if not Path(root).expanduser().is_dir():
-            raise FileNotFoundError(f"data root {root} does not exist")
-        make = functools.partial(DATASETS[name], root)
-    else:
-        raise ValueError(
-            f"unknown dataset {name!r}; one of synthetic, emoji, {', '.join(DATASETS)}"
-        )
-    limit = data["max_classes"]
-    train = first_classes(make("train", train_tf), limit)
-    if name == "inshop":
-        evals = {s: first_classes(make(s, eval_tf), limit) for s in ("query", "gallery")}
-        return train, evals, [("query", ["gallery"])]
-    return train, {"test": first_classes(make("test", eval_tf), limit)}, [("test", ["test"])]
-
-
-def build_model(config: dict) -> torch.nn.Module:
-    """The embedding model of ``config["model"]`` (``backbone`` and ``head`` attributes)."""
-    m = config["model"]
-    head_kwargs = dict(m["head_kwargs"])
-    if m["head"] == "hyp":
-        head_kwargs = {"layer_norm": False, "riemannian": False, **head_kwargs}
-    elif m["head"] not in ("hist", "hier"):
-        raise ValueError(f"model.head must be hist, hier or hyp, got {m['head']!r}")
-    if m["head"] == "hist" and head_kwargs:
-        raise ValueError("model.head_kwargs applies to the hier and hyp heads only")
-    if m["backbone"] == "tiny_cnn":
-        model = TinyCNN(m["embedding_size"])
-    else:
-        model = EmbeddingModel(
-            m["backbone"],
-            m["embedding_size"],
-            head="hist",
-            pretrained=m["pretrained"],
-            checkpoint_path=m["checkpoint_path"],
-            freeze_bn_stats=m["freeze_bn_stats"],
-            freeze_bn_affine=m["freeze_bn_affine"],
-            freeze_patch_embed=m["freeze_patch_embed"],
-        )
-    if m["head"] != "hist":
-        model.head = HIERHead(model.num_features, m["embedding_size"], **head_kwargs)
-    return model
-
-
-def build_model_on(config: dict, device: torch.device) -> torch.nn.Module:
-    """:func:`build_model` on ``device``, in ``channels_last`` format when the config asks."""
-    model = build_model(config).to(device)
-    if config["precision"]["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device``; by default this process's CUDA device (``LOCAL_RANK``) when CUDA is
-    available, else the CPU."""
-    if device is None:
-        cuda = torch.cuda.is_available()
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
-    return torch.device(device)
-
-
-def _find_class(name: str, modules: tuple, what: str) -> type:
-    for module in modules:
-        if hasattr(module, name):
-            return getattr(module, name)
-    raise ValueError(f"unknown {what} {name!r}: not in {', '.join(m.__name__ for m in modules)}")
-
-
-def _instantiate(spec: dict) -> Any:
-    """Objects from ``{"type": Name, ...kwargs}`` (distances inside loss kwargs)."""
-    kwargs = dict(spec)
-    cls = _find_class(kwargs.pop("type"), (hyper_distances, pml_distances), "distance")
-    return cls(**kwargs)
-
-
-def build_loss_terms(config: dict, num_classes: int) -> list[torch.nn.Module]:
-    """One loss module per ``config["loss"]["terms"]`` entry; ``num_classes`` and
-    ``embedding_size`` are passed to constructors that take them unless given."""
-    terms = []
-    for i, term in enumerate(config["loss"]["terms"]):
-        cls = _find_class(term["type"], (hyper_losses, pml_losses), f"loss (loss.terms.{i}.type)")
-        kwargs = {
-            k: _instantiate(v) if isinstance(v, dict) and "type" in v else v
-            for k, v in term["kwargs"].items()
-        }
-        params = inspect.signature(cls).parameters
-        if "num_classes" in params:
-            kwargs.setdefault("num_classes", num_classes)
-        if "embedding_size" in params:
-            kwargs.setdefault("embedding_size", config["model"]["embedding_size"])
-        terms.append(cls(**kwargs))
-    return terms
-
-
-def combine_losses(config: dict, terms: list[torch.nn.Module]) -> torch.nn.Module:
-    """A single term with weight 1 as is, otherwise PML's ``MultipleLosses`` in its dict form,
-    keyed by term type (``proxyanchorloss``, ``hierloss``, a ``_2`` suffix for repeats): PML's
-    record-keeper turns the list form's keys ``0``, ``1`` into invalid SQLite table names."""
-    weights = [term["weight"] for term in config["loss"]["terms"]]
-    if len(terms) == 1 and weights[0] == 1.0:
-        return terms[0]
-    types = [term["type"].lower() for term in config["loss"]["terms"]]
-    names = [
-        t if types[:i].count(t) == 0 else f"{t}_{types[:i].count(t) + 1}"
-        for i, t in enumerate(types)
-    ]
-    return pml_losses.MultipleLosses(
-        dict(zip(names, terms, strict=True)), weights=dict(zip(names, weights, strict=True))
-    )
-
-
-def loss_param_groups(config: dict, terms: list[torch.nn.Module]) -> list[dict]:
-    """Optimizer groups of the losses: each loss's ``param_groups`` helper (HIST, HIER) with
-    the term's ``param_groups`` arguments, else all its parameters at ``lr · lr_scale``."""
-    lr, groups = config["optimizer"]["lr"], []
-    for term, loss in zip(config["loss"]["terms"], terms, strict=True):
-        if hasattr(loss, "param_groups"):
-            found = loss.param_groups(lr=lr, **term["param_groups"])
-            groups += [{**g, "name": f"{type(loss).__name__}.{g['name']}"} for g in found]
-        elif term["param_groups"]:
-            raise ValueError(f"{type(loss).__name__} has no param_groups helper")
-        else:
-            params = [p for p in loss.parameters() if p.requires_grad]
-            if params:
-                name = f"{type(loss).__name__}.params"
-                groups.append({"name": name, "params": params, "lr": lr * term["lr_scale"]})
-    return groups
-
-
-def model_param_groups(config: dict, model: torch.nn.Module) -> list[dict]:
-    """``backbone`` and ``head`` groups (frozen parameters left out)."""
-    opt = config["optimizer"]
-    groups = []
-    for name in ("backbone", "head"):
-        params = [p for p in getattr(model, name).parameters() if p.requires_grad]
-        if params:
-            groups.append(
-                {"name": name, "params": params, "lr": opt["lr"] * opt[f"{name}_lr_scale"]}
-            )
-    return groups
-
-
-def make_optimizer(config: dict, groups: list[dict]) -> torch.optim.Optimizer:
-    """``config["optimizer"]`` over ``groups``; the fused CUDA implementation when every
-    parameter is on a CUDA device (one kernel for all parameters instead of one per tensor)."""
-    opt = config["optimizer"]
-    fused = all(p.is_cuda for g in groups for p in g["params"])
-    kwargs = {"lr": opt["lr"], "weight_decay": opt["weight_decay"], "fused": fused or None}
-    if opt["name"] == "adam":
-        return torch.optim.Adam(groups, eps=opt["eps"], **kwargs)
-    if opt["name"] == "adamw":
-        return torch.optim.AdamW(groups, eps=opt["eps"], **kwargs)
-    if opt["name"] == "sgd":
-        return torch.optim.SGD(groups, momentum=0.9, **kwargs)
-    raise ValueError(f"optimizer.name must be adam, adamw or sgd, got {opt['name']!r}")
-
-
-def lr_lambdas(
-    config: dict, iterations_per_epoch: int, group_names: list[str]
-) -> list[Callable[[int], float]]:
-    """Per-group lr factors by iteration (for ``LambdaLR``, stepped every iteration).
-
-    Step decay multiplies by ``gamma`` every ``step_epochs`` epochs, cosine decays to
-    ``min_lr_scale``; both count epochs from the end of warm-up (HIST), or from the first
-    epoch with ``decay_counts_warmup`` (HIER). With ``warmup_freeze: lr`` the ``backbone``
-    group has lr 0 during warm-up (HIER).
-    """
-    s = config["schedule"]
-    warmup = s["warmup_epochs"]
-    start = 0 if s["decay_counts_warmup"] else warmup
-    decay_epochs = max(s["epochs"] - start, 1)
-    if s["lr_decay"] not in ("step", "cosine", "constant"):
-        raise ValueError(
-            f"schedule.lr_decay must be step, cosine or constant, got {s['lr_decay']!r}"
-        )
-
-    def factor(iteration: int) -> float:
-        epoch = iteration // iterations_per_epoch
-        if s["lr_decay"] == "step":
-            return s["gamma"] ** (max(epoch - start, 0) // s["step_epochs"])
-        if s["lr_decay"] == "cosine":
-            progress = max(iteration - start * iterations_per_epoch, 0)
-            progress = min(progress / (decay_epochs * iterations_per_epoch), 1.0)
-            return (
-                s["min_lr_scale"] + (1 - s["min_lr_scale"]) * (1 + math.cos(math.pi * progress)) / 2
-            )
-        return 1.0
-
-    def backbone_factor(iteration: int) -> float:
-        return 0.0 if iteration // iterations_per_epoch < warmup else factor(iteration)
-
-    frozen_by_lr = s["warmup_freeze"] == "lr"
-    if s["warmup_freeze"] not in ("lr", "requires_grad"):
-        raise ValueError(
-            f"schedule.warmup_freeze must be lr or requires_grad, got {s['warmup_freeze']!r}"
-        )
-    return [backbone_factor if frozen_by_lr and n == "backbone" else factor for n in group_names]
-
-
-def build_optimizers(
-    config: dict, model: torch.nn.Module, loss_terms: list[torch.nn.Module], iterations: int
-) -> tuple[dict, dict]:
-    """The trainer's ``optimizers`` and per-iteration ``lr_schedulers`` dicts: one optimizer
-    (with its ``LambdaLR``) for the model and one for the losses' parameters, when they have
-    any; ``iterations`` is the number of iterations per epoch."""
-    optimizers, schedulers = {}, {}
-    for key, groups in (
-        ("trunk", model_param_groups(config, model)),
-        ("metric_loss", loss_param_groups(config, loss_terms)),
-    ):
-        if groups:
-            optimizer = make_optimizer(config, groups)
-            optimizers[f"{key}_optimizer"] = optimizer
-            lambdas = lr_lambdas(config, iterations, [g["name"] for g in groups])
-            schedulers[f"{key}_scheduler_by_iteration"] = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambdas
-            )
-    return optimizers, schedulers
-
-
-def build_tester(config: dict, end_of_testing_hook: Callable | None = None, device=None):
-    """``GlobalEmbeddingSpaceTester`` with :class:`RecallAtK`: Poincaré kNN for the hier/hyp
-    heads (no normalisation), cosine kNN otherwise."""
-    hyperbolic = config["model"]["head"] in HYPERBOLIC_HEADS
-    if hyperbolic:
-        c = config["model"]["head_kwargs"].get("c", 0.1)
-        knn = HyperbolicKNN(c=c, backend="torch")
-    else:
-        knn = CosineKNN()
-    k_values = config["eval"]["k_values"]
-    calculator = RecallAtK(
-        k_values,
-        include=recall_metric_names(k_values),
-        k=max(k_values),
-        knn_func=knn,
-        device=device,
-    )
-    return FiniteEmbeddingTester(
-        normalize_embeddings=not hyperbolic,
-        batch_size=config["data"]["eval_batch_size"],
-        dataloader_num_workers=config["data"]["num_workers"],
-        accuracy_calculator=calculator,
-        data_device=device,
-        end_of_testing_hook=end_of_testing_hook,
-    )
-
-
-def evaluate_recall(
-    tester: testers.GlobalEmbeddingSpaceTester,
-    eval_sets: dict,
-    splits_to_eval: list,
-    model: torch.nn.Module,
-    epoch: int = 0,
-) -> dict[str, float]:
-    """Recall@K of ``model`` on the first query split of ``splits_to_eval``, by increasing K
-    (``tester`` from :func:`build_tester`)."""
-    accuracies = tester.test(eval_sets, epoch, model, torch.nn.Identity(), splits_to_eval)
-    query = accuracies[splits_to_eval[0][0]]
-    names = tester.accuracy_calculator.recall_metric_names()
-    return {name: float(query[f"{name}_level0"]) for name in names}
-
-
-def evaluate_checkpoint(
-    path: str | Path,
-    data_root: str | Path | None = None,
-    overrides: Iterable[str] = (),
-    device: str | torch.device | None = None,
-) -> dict[str, float]:
-    """Recall@K of the model weights of a checkpoint (``last.pt``, ``best.pt``) on its config's
-    evaluation split(s), with ``key=value`` config overrides. Only the weights are read: no
-    optimizer, scheduler or RNG state, and no pretrained backbone weights."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / BEST).is_file():
-            raise FileNotFoundError(f"run folder {path} has no {BEST}: pass a checkpoint file")
-        path = path / BEST
-    overrides = list(overrides)
-    fixed = [o for o in overrides if _matches(o.split("=", 1)[0].strip(), CHECKPOINT_MODEL_KEYS)]
-    if fixed:
-        raise ConfigError(
-            f"cannot override {', '.join(fixed)} when evaluating {path}: the checkpoint's "
-            "model (backbone, head, geometry) is fixed by its config"
-        )
-    state = load_checkpoint(path)
-    if not isinstance(state.get("config"), dict):
-        raise CheckpointError(f"{path} is not a pml-hyper run checkpoint: it has no config")
-    config = build_config(state["config"], overrides)
-    device = resolve_device(device)
-    _, eval_sets, splits_to_eval = build_datasets(config, data_root)
-    weights_only = dict(config["model"], pretrained=False, checkpoint_path=None)
-    model = build_model_on({**config, "model": weights_only}, device)
-    model.load_state_dict(state["models"]["trunk"])
-    tester = build_tester(config, device=device)
-    return evaluate_recall(tester, eval_sets, splits_to_eval, model, state["epoch"])
-
-
-def build_record_keeper(folder: Path):
-    """PML's record keeper (CSV/SQLite, TensorBoard when installed); without tensorboard PML's
-    preset returns nothing, so the record keeper is built directly (docs/pml.md#logging)."""
-    record_keeper, _, _ = logging_presets.get_record_keeper(
-        str(folder / "logs"), str(folder / "tensorboard")
-    )
-    if record_keeper is None:
-        import record_keeper as rk
-
-        record_keeper = rk.RecordKeeper(
-            tensorboard_writer=None,
-            record_writer=rk.RecordWriter(str(folder / "logs")),
-            attributes_to_search_for=c_f.list_of_recordable_attributes_list_names(),
-        )
-    return record_keeper
-
-
-def machine() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpus": os.cpu_count(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 class Runner:
@@ -772,8 +362,8 @@ class Runner:
         if not isinstance(state.get("config"), dict):
             raise CheckpointError(f"{path} is not a pml-hyper run checkpoint: it has no config")
         changes = config_changes(state["config"], self.config)
-        refused = [k for k in changes if not _matches(k, RESUME_SAFE_KEYS)]
-        refused = [k for k in refused if not _matches(k, self.allow_config_change)]
+        refused = [k for k in changes if not matches_prefix(k, RESUME_SAFE_KEYS)]
+        refused = [k for k in refused if not matches_prefix(k, self.allow_config_change)]
         if refused:
             listed = ", ".join(
                 f"{k} ({changes[k]['checkpoint']!r} -> {changes[k]['now']!r})" for k in refused
@@ -783,7 +373,7 @@ class Runner:
                 "Restore it, or pass --allow-config-change KEY... to accept the change"
             )
         self.resume_config_changes = {
-            k: v for k, v in changes.items() if not _matches(k, RESUME_SAFE_KEYS)
+            k: v for k, v in changes.items() if not matches_prefix(k, RESUME_SAFE_KEYS)
         }
         start = self.trainer.load_state_dict(state)
         self.history, self.best = state["history"], state["best"]
@@ -816,25 +406,3 @@ class Runner:
         if self.config["output"]["plots"] and self.history:
             plot_curves(self.history, self.out_dir / "curves.png", self.config["name"])
         return results
-
-
-def plot_curves(history: list[dict], path: Path, title: str) -> None:
-    """Training loss and Recall@K per epoch, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_recall) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker="o")
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title=title)
-    evaluated = [h for h in history if "metrics" in h]
-    for metric in evaluated[0]["metrics"] if evaluated else ():
-        values = [100 * h["metrics"][metric] for h in evaluated]
-        ax_recall.plot([h["epoch"] for h in evaluated], values, marker="o", label=metric)
-    ax_recall.set(xlabel="epoch", ylabel="%", title="Recall@K (test)")
-    if evaluated:
-        ax_recall.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -19,6 +19,9 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from .distributed_loss_wrapper import DistributedLossWrapper
 
+LAST, BEST = "last.pt", "best.pt"
+"""File names of a run's latest and best checkpoints."""
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -56,7 +59,7 @@ class MetricLossTrainer(MetricLossOnly):
         warmup_epochs: the first ``warmup_epochs`` epochs train with the parameters of
             ``warmup_modules`` frozen (``requires_grad=False``, docs/hist.md#warm-up); their
             previous ``requires_grad`` flags come back afterwards. HIER's variant (backbone lr 0,
-            docs/hier.md#optimizer) is a learning-rate schedule instead: see ``runner.lr_lambdas``.
+            docs/hier.md#optimizer) is a learning-rate schedule instead: see ``optim.lr_lambdas``.
         warmup_modules: the modules frozen during warm-up (the backbone).
         grad_clamp: clamp every gradient element of the models and losses to ±value after
             unscaling (HIER's ``clip_gradients_value``, docs/hier.md#optimizer).

@@ -13,7 +13,7 @@ from pytorch_metric_learning.utils import logging_presets
 from pml_hyper.distances import PoincareDistance
 from pml_hyper.layers import ToPoincare
 from pml_hyper.losses import HIERLoss, HISTLoss
-from pml_hyper.training.runner import combine_losses
+from pml_hyper.training.builders import combine_losses
 from pml_hyper.utils import make_tester
 
 record_keeper_module = pytest.importorskip("record_keeper")

@@ -9,11 +9,8 @@ import torch
 
 from pml_hyper.evaluation import recall_metric_names
 from pml_hyper.training import load_config
-from pml_hyper.training.runner import (
-    build_loss_terms,
-    build_model,
-    build_tester,
-    combine_losses,
+from pml_hyper.training.builders import build_loss_terms, build_model, build_tester, combine_losses
+from pml_hyper.training.optim import (
     loss_param_groups,
     lr_lambdas,
     make_optimizer,

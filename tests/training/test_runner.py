@@ -9,6 +9,7 @@ import yaml
 from pml_hyper.cli import main
 from pml_hyper.training import NonFiniteLossError, Runner, build_config
 from pml_hyper.training import runner as runner_module
+from pml_hyper.training.optim import make_optimizer
 
 
 @pytest.mark.parametrize("recipe", ["hist", "pa_hier", "hyp"])
@@ -145,7 +146,7 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
 def test_optimizer_is_fused_exactly_when_every_parameter_is_on_cuda(device):
     config = build_config({"optimizer": {"name": "adamw"}})
     params = [torch.nn.Parameter(torch.randn(3, device=device)) for _ in range(2)]
-    optimizer = runner_module.make_optimizer(config, [{"params": params}])
+    optimizer = make_optimizer(config, [{"params": params}])
     assert bool(optimizer.defaults["fused"]) == (device == "cuda")
     params[0].grad, params[1].grad = torch.ones_like(params[0]), torch.ones_like(params[1])
     before = params[0].detach().clone()

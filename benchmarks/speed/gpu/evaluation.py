@@ -9,9 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pml_hyper.layers import ToPoincare
-from pml_hyper.training.runner import (
-    build_tester,
-)
+from pml_hyper.training.builders import build_tester
 
 from ..knn_speed import make_clustered
 from .measure import floor, timed_with_memory, with_floor

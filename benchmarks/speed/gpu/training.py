@@ -11,13 +11,9 @@ from pathlib import Path
 
 import torch
 
+from pml_hyper.training.builders import build_loss_terms, build_model, combine_losses
 from pml_hyper.training.config import load_config
-from pml_hyper.training.runner import (
-    build_loss_terms,
-    build_model,
-    build_optimizers,
-    combine_losses,
-)
+from pml_hyper.training.optim import build_optimizers
 from pml_hyper.training.trainer import MetricLossTrainer
 
 from ..reference.hier_reference import HIERReference

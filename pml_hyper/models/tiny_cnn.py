@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models import HISTHead
+from .hist_head import HISTHead
 
 
 class TinyCNN(torch.nn.Module):
@@ -12,6 +12,9 @@ class TinyCNN(torch.nn.Module):
     ``(B, 3, H, W) -> (B, D)``; ``backbone``, ``head`` and ``num_features`` attributes as in
     ``EmbeddingModel`` (the runner swaps in the head its config asks for).
     """
+
+    transform_backbone = "tf_efficientnet_lite0"
+    """The backbone whose input transform (normalisation, interpolation) TinyCNN's data use."""
 
     def __init__(self, embedding_size: int):
         super().__init__()

@@ -1,0 +1,208 @@
+"""Build the parts of a run from its config, each from a name: datasets, model, losses, tester."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_metric_learning import distances as pml_distances
+from pytorch_metric_learning import losses as pml_losses
+
+from .. import distances as hyper_distances
+from .. import losses as hyper_losses
+from ..data import (
+    CUB200,
+    SOP,
+    Cars196,
+    EmojiVendors,
+    InShop,
+    SyntheticImages,
+    eval_transform,
+    train_transform,
+)
+from ..evaluation import RecallAtK, recall_metric_names
+from ..knn import CosineKNN, HyperbolicKNN
+from ..models import MODELS, EmbeddingModel, HIERHead
+from .finite_embedding_tester import FiniteEmbeddingTester
+
+DATASETS = {"cub200": CUB200, "cars196": Cars196, "sop": SOP, "inshop": InShop}
+
+
+HYPERBOLIC_HEADS = ("hier", "hyp")
+
+
+class Labelled(torch.utils.data.Subset):
+    """A subset that keeps the ``labels`` array PML samplers and testers read."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, indices: np.ndarray):
+        super().__init__(dataset, indices.tolist())
+        self.labels = np.asarray(dataset.labels)[indices]
+
+
+def first_classes(dataset: torch.utils.data.Dataset, max_classes: int | None):
+    """``dataset`` restricted to its ``max_classes`` smallest labels (all when ``None``)."""
+    if max_classes is None:
+        return dataset
+    labels = np.asarray(dataset.labels)
+    keep = np.unique(labels)[:max_classes]
+    return Labelled(dataset, np.flatnonzero(np.isin(labels, keep)))
+
+
+def build_datasets(config: dict, data_root: str | Path | None = None) -> tuple[Any, dict, list]:
+    """Train dataset, tester ``dataset_dict`` and ``splits_to_eval`` of ``config["data"]``."""
+    data, backbone = config["data"], config["model"]["backbone"]
+    name = data["dataset"]
+    root = data_root if data_root is not None else data["root"]
+    if name == "synthetic":
+        splits = {s: SyntheticImages(s, **data["synthetic"]) for s in ("train", "test")}
+        return splits["train"], {"test": splits["test"]}, [("test", ["test"])]
+    tf_backbone = getattr(MODELS.get(backbone), "transform_backbone", backbone)
+    size, interp = data["image_size"], data["interpolation"]
+    eval_tf = eval_transform(tf_backbone, size, data["eval_crop_pct"], interp)
+    train_tf = train_transform(tf_backbone, size, interp) if data["train_augmentation"] else eval_tf
+    if name == "emoji":
+        make = functools.partial(EmojiVendors, root)
+    elif name in DATASETS:
+        if root is None:
+            raise ValueError(f"dataset {name!r} needs a data root: pass --data-root DIR")
+        if not Path(root).expanduser().is_dir():
+            raise FileNotFoundError(f"data root {root} does not exist")
+        make = functools.partial(DATASETS[name], root)
+    else:
+        raise ValueError(
+            f"unknown dataset {name!r}; one of synthetic, emoji, {', '.join(DATASETS)}"
+        )
+    limit = data["max_classes"]
+    train = first_classes(make("train", train_tf), limit)
+    if name == "inshop":
+        evals = {s: first_classes(make(s, eval_tf), limit) for s in ("query", "gallery")}
+        return train, evals, [("query", ["gallery"])]
+    return train, {"test": first_classes(make("test", eval_tf), limit)}, [("test", ["test"])]
+
+
+def build_model(config: dict) -> torch.nn.Module:
+    """The embedding model of ``config["model"]`` (``backbone`` and ``head`` attributes)."""
+    m = config["model"]
+    head_kwargs = dict(m["head_kwargs"])
+    if m["head"] == "hyp":
+        head_kwargs = {"layer_norm": False, "riemannian": False, **head_kwargs}
+    elif m["head"] not in ("hist", "hier"):
+        raise ValueError(f"model.head must be hist, hier or hyp, got {m['head']!r}")
+    if m["head"] == "hist" and head_kwargs:
+        raise ValueError("model.head_kwargs applies to the hier and hyp heads only")
+    if m["backbone"] in MODELS:
+        model = MODELS[m["backbone"]](m["embedding_size"])
+    else:
+        model = EmbeddingModel(
+            m["backbone"],
+            m["embedding_size"],
+            head="hist",
+            pretrained=m["pretrained"],
+            checkpoint_path=m["checkpoint_path"],
+            freeze_bn_stats=m["freeze_bn_stats"],
+            freeze_bn_affine=m["freeze_bn_affine"],
+            freeze_patch_embed=m["freeze_patch_embed"],
+        )
+    if m["head"] != "hist":
+        model.head = HIERHead(model.num_features, m["embedding_size"], **head_kwargs)
+    return model
+
+
+def build_model_on(config: dict, device: torch.device) -> torch.nn.Module:
+    """:func:`build_model` on ``device``, in ``channels_last`` format when the config asks."""
+    model = build_model(config).to(device)
+    if config["precision"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``; by default this process's CUDA device (``LOCAL_RANK``) when CUDA is
+    available, else the CPU."""
+    if device is None:
+        cuda = torch.cuda.is_available()
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
+    return torch.device(device)
+
+
+def _find_class(name: str, modules: tuple, what: str) -> type:
+    for module in modules:
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise ValueError(f"unknown {what} {name!r}: not in {', '.join(m.__name__ for m in modules)}")
+
+
+def _instantiate(spec: dict) -> Any:
+    """Objects from ``{"type": Name, ...kwargs}`` (distances inside loss kwargs)."""
+    kwargs = dict(spec)
+    cls = _find_class(kwargs.pop("type"), (hyper_distances, pml_distances), "distance")
+    return cls(**kwargs)
+
+
+def build_loss_terms(config: dict, num_classes: int) -> list[torch.nn.Module]:
+    """One loss module per ``config["loss"]["terms"]`` entry; ``num_classes`` and
+    ``embedding_size`` are passed to constructors that take them unless given."""
+    terms = []
+    for i, term in enumerate(config["loss"]["terms"]):
+        cls = _find_class(term["type"], (hyper_losses, pml_losses), f"loss (loss.terms.{i}.type)")
+        kwargs = {
+            k: _instantiate(v) if isinstance(v, dict) and "type" in v else v
+            for k, v in term["kwargs"].items()
+        }
+        params = inspect.signature(cls).parameters
+        if "num_classes" in params:
+            kwargs.setdefault("num_classes", num_classes)
+        if "embedding_size" in params:
+            kwargs.setdefault("embedding_size", config["model"]["embedding_size"])
+        terms.append(cls(**kwargs))
+    return terms
+
+
+def combine_losses(config: dict, terms: list[torch.nn.Module]) -> torch.nn.Module:
+    """A single term with weight 1 as is, otherwise PML's ``MultipleLosses`` in its dict form,
+    keyed by term type (``proxyanchorloss``, ``hierloss``, a ``_2`` suffix for repeats): PML's
+    record-keeper turns the list form's keys ``0``, ``1`` into invalid SQLite table names."""
+    weights = [term["weight"] for term in config["loss"]["terms"]]
+    if len(terms) == 1 and weights[0] == 1.0:
+        return terms[0]
+    types = [term["type"].lower() for term in config["loss"]["terms"]]
+    names = [
+        t if types[:i].count(t) == 0 else f"{t}_{types[:i].count(t) + 1}"
+        for i, t in enumerate(types)
+    ]
+    return pml_losses.MultipleLosses(
+        dict(zip(names, terms, strict=True)), weights=dict(zip(names, weights, strict=True))
+    )
+
+
+def build_tester(config: dict, end_of_testing_hook: Callable | None = None, device=None):
+    """``GlobalEmbeddingSpaceTester`` with :class:`RecallAtK`: Poincaré kNN for the hier/hyp
+    heads (no normalisation), cosine kNN otherwise."""
+    hyperbolic = config["model"]["head"] in HYPERBOLIC_HEADS
+    if hyperbolic:
+        c = config["model"]["head_kwargs"].get("c", 0.1)
+        knn = HyperbolicKNN(c=c, backend="torch")
+    else:
+        knn = CosineKNN()
+    k_values = config["eval"]["k_values"]
+    calculator = RecallAtK(
+        k_values,
+        include=recall_metric_names(k_values),
+        k=max(k_values),
+        knn_func=knn,
+        device=device,
+    )
+    return FiniteEmbeddingTester(
+        normalize_embeddings=not hyperbolic,
+        batch_size=config["data"]["eval_batch_size"],
+        dataloader_num_workers=config["data"]["num_workers"],
+        accuracy_calculator=calculator,
+        data_device=device,
+        end_of_testing_hook=end_of_testing_hook,
+    )
