@@ -41,6 +41,7 @@ from ..data import (
 from ..evaluation import RecallAtK, recall_metric_names
 from ..knn import CosineKNN, HyperbolicKNN
 from ..models import EmbeddingModel, HIERHead
+from . import hierarchy_report
 from .config import ConfigError, build_config, dump_config
 from .distributed_loss_wrapper import DistributedLossWrapper, is_distributed
 from .finite_embedding_tester import FiniteEmbeddingTester
@@ -442,6 +443,22 @@ def evaluate_checkpoint(
     """Recall@K of the model weights of a checkpoint (``last.pt``, ``best.pt``) on its config's
     evaluation split(s), with ``key=value`` config overrides. Only the weights are read: no
     optimizer, scheduler or RNG state, and no pretrained backbone weights."""
+    device = resolve_device(device)
+    config, state, model, eval_sets, splits_to_eval = load_checkpoint_model(
+        path, data_root, overrides, device
+    )
+    tester = build_tester(config, device=device)
+    return evaluate_recall(tester, eval_sets, splits_to_eval, model, state["epoch"])
+
+
+def load_checkpoint_model(
+    path: str | Path,
+    data_root: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    device: str | torch.device | None = None,
+) -> tuple[dict, dict, torch.nn.Module, dict, list]:
+    """``(config, state, model, eval_sets, splits_to_eval)`` of a checkpoint file or run folder
+    (its ``best.pt``): the model with the checkpoint's weights (see :func:`evaluate_checkpoint`)."""
     path = Path(path)
     if path.is_dir():
         if not (path / BEST).is_file():
@@ -463,8 +480,7 @@ def evaluate_checkpoint(
     weights_only = dict(config["model"], pretrained=False, checkpoint_path=None)
     model = build_model_on({**config, "model": weights_only}, device)
     model.load_state_dict(state["models"]["trunk"])
-    tester = build_tester(config, device=device)
-    return evaluate_recall(tester, eval_sets, splits_to_eval, model, state["epoch"])
+    return config, state, model, eval_sets, splits_to_eval
 
 
 def build_record_keeper(folder: Path):
@@ -577,6 +593,7 @@ class Runner:
                     f"the {split} split of dataset {config['data']['dataset']!r} has {found} "
                     "class; metric learning and Recall@K need at least 2"
                 )
+        hierarchy_report.check(config, self.eval_sets)
         self.model = build_model_on(config, self.device)
         self.loss_terms = [t.to(self.device) for t in build_loss_terms(config, self.num_classes)]
         self.loss = combine_losses(config, self.loss_terms)
@@ -732,8 +749,10 @@ class Runner:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
-        """Recall@K of the current model on the evaluation split(s)."""
-        return evaluate_recall(self.tester, self.eval_sets, self.splits_to_eval, self.model, epoch)
+        """Recall@K of the current model on the evaluation split(s), at every hierarchy level."""
+        tester, sets, splits = self.tester, self.eval_sets, self.splits_to_eval
+        metrics = evaluate_recall(tester, sets, splits, self.model, epoch)
+        return {**metrics, **hierarchy_report.level_metrics(self.config, tester, sets, splits)}
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
@@ -751,6 +770,8 @@ class Runner:
                 (self.out_dir / "config.yaml").write_text(dump_config(self.config))
             if start <= self.config["schedule"]["epochs"]:
                 self.trainer.train(start, self.config["schedule"]["epochs"])
+            if self.rank == 0:
+                hierarchy_report.finish(self)
             return self.write_results("finished") if self.rank == 0 else {}
         except BaseException as error:
             if self.rank == 0 and not isinstance(error, ConfigError | CheckpointError):
@@ -829,9 +850,10 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     ax_loss.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title=title)
     evaluated = [h for h in history if "metrics" in h]
-    for metric in evaluated[0]["metrics"] if evaluated else ():
-        values = [100 * h["metrics"][metric] for h in evaluated]
-        ax_recall.plot([h["epoch"] for h in evaluated], values, marker="o", label=metric)
+    for metric in dict.fromkeys(m for h in evaluated for m in h["metrics"]):
+        found = [h for h in evaluated if metric in h["metrics"]]
+        values = [100 * h["metrics"][metric] for h in found]
+        ax_recall.plot([h["epoch"] for h in found], values, marker="o", label=metric)
     ax_recall.set(xlabel="epoch", ylabel="%", title="Recall@K (test)")
     if evaluated:
         ax_recall.legend()
