@@ -244,3 +244,48 @@ def finish(runner) -> None:
         colours, names = colour_labels(found, query, level, labels)
         figure = disk_figure(config, embeddings, colours, hier_proxies(runner.loss_terms), names)
         figure.savefig(Path(runner.out_dir) / DISK_PLOT, dpi=150)
+
+
+def visualize_checkpoint(
+    path: str | Path,
+    out: str | Path,
+    split: str | None = None,
+    level: str | None = None,
+    data_root: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> Path:
+    """Draw a checkpoint's embeddings of ``split`` (default: its config's query split) on the
+    Poincaré disk, coloured by hierarchy ``level`` (default: the purity level when the split
+    has a hierarchy, else the classes), with HIER's proxies when the run has a HIERLoss term;
+    writes the PNG ``out`` and returns its path.
+
+    Raises:
+        ValueError: a Euclidean (``hist``) head, a split or level the checkpoint's data lacks.
+    """
+    from .runner import build_tester, load_checkpoint_model, resolve_device
+
+    device = resolve_device(device)
+    config, state, model, eval_sets, splits = load_checkpoint_model(path, data_root, (), device)
+    if not _hyperbolic(config):
+        raise ValueError(
+            f"{path} has a {config['model']['head']!r} head (cosine geometry): the Poincaré "
+            "disk needs a hyperbolic head (hier or hyp)"
+        )
+    split = splits[0][0] if split is None else split
+    if split not in eval_sets:
+        raise ValueError(
+            f"the checkpoint's data has no split {split!r}; its evaluation splits are "
+            f"{', '.join(eval_sets)}"
+        )
+    found = run_hierarchy({**config, "eval": {**config["eval"], "hierarchy": True}}, eval_sets)
+    if level is None and found is not None:
+        level = purity_level(config, found[0])
+    print(f"embedding the {split} split ({len(eval_sets[split])} images)", flush=True)
+    embeddings, labels = build_tester(config, device=device).get_all_embeddings(
+        eval_sets[split], model
+    )
+    colours, names = colour_labels(found, split, level, labels)
+    figure = disk_figure(config, embeddings, colours, checkpoint_proxies(config, state), names)
+    out = Path(out)
+    figure.savefig(out, dpi=150)
+    return out
