@@ -209,6 +209,20 @@ def colour_labels(found, split: str, level: str | None, labels) -> tuple[np.ndar
     return hierarchy[split][:, levels.index(level)], names
 
 
+def purity_metrics(config: dict, found, split: str, embeddings: torch.Tensor) -> dict:
+    """``{"<purity level>/dendrogram_purity": value}`` of ``split``'s embeddings under the
+    model's geometry (Poincaré for hyperbolic heads, cosine otherwise); ``{}`` without a
+    hierarchy (``found`` from :func:`run_hierarchy`)."""
+    if found is None:
+        return {}
+    levels, hierarchy, _ = found
+    level = purity_level(config, levels)
+    column = hierarchy[split][:, levels.index(level)]
+    distance = "poincare" if _hyperbolic(config) else "cosine"
+    purity = dendrogram_purity(embeddings, column, distance=distance, c=_curvature(config))
+    return {f"{level}/dendrogram_purity": purity}
+
+
 def finish(runner) -> None:
     """After the last epoch: ``<level>/dendrogram_purity`` of the final model's query
     embeddings into the last epoch's metrics (when it was evaluated), and ``disk.png`` in the
@@ -228,11 +242,9 @@ def finish(runner) -> None:
     level = None
     if found is not None:
         level = purity_level(config, found[0])
-        column = found[1][query][:, found[0].index(level)]
-        distance = "poincare" if _hyperbolic(config) else "cosine"
-        purity = dendrogram_purity(embeddings, column, distance=distance, c=_curvature(config))
+        ((name, purity),) = purity_metrics(config, found, query, embeddings).items()
         if "metrics" in entry:
-            entry["metrics"][f"{level}/dendrogram_purity"] = purity
+            entry["metrics"][name] = purity
         else:
             warnings.warn(
                 f"{config['name']}: the last epoch was not evaluated; its dendrogram purity "
