@@ -64,6 +64,9 @@ RESUME_SAFE_KEYS = (
     "schedule.epochs",
     "output.progress_bar",
     "output.plots",
+    "output.disk_plot",
+    "eval.hierarchy",  # hierarchy metrics are reported, never trained on
+    "eval.purity_level",
     "output.log_freq",
     "output.dir",
     "data.num_workers",

@@ -99,3 +99,17 @@ def test_visualize_refuses_a_euclidean_checkpoint_and_mixed_inputs(make_config, 
     assert "not both" in capsys.readouterr().err
     assert main(["visualize", "--out", out]) == 2
     assert not (tmp_path / "x.png").exists()
+
+
+def test_resume_may_change_the_reporting_keys_and_recomputes_purity(make_config):
+    raw = two_level(make_config, "hist", epochs=1)
+    first = Runner(build_config(raw)).run()
+    raw["eval"]["purity_level"] = "coarse"  # the default level, now named
+    raw["output"]["disk_plot"] = True  # a Euclidean head draws no disk
+    runner = Runner(build_config(raw), resume=True)
+    again = runner.run()  # nothing left to train: the purity comes from the loaded model
+    assert again["epochs_completed"] == 1
+    assert again["last"]["coarse/dendrogram_purity"] == pytest.approx(
+        first["last"]["coarse/dendrogram_purity"]
+    )
+    assert not (runner.out_dir / "disk.png").exists()
