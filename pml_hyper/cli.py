@@ -112,6 +112,24 @@ def _visualize(args: argparse.Namespace) -> int:
 
     from .visualization import poincare_disk
 
+    if (args.checkpoint is None) == (args.embeddings is None):
+        raise ValueError("give a CHECKPOINT (file or run folder) or --embeddings FILE, not both")
+    if args.checkpoint is not None:
+        from .training.hierarchy_report import visualize_checkpoint
+
+        if args.proxies:
+            raise ValueError("--proxies applies with --embeddings; a checkpoint has its own")
+        out = visualize_checkpoint(
+            args.checkpoint, args.out, args.split, args.level, data_root=args.data_root
+        )
+        print(f"wrote {out}")
+        return 0
+    if args.split is not None:
+        raise ValueError("--split applies with a CHECKPOINT")
+    level = "0" if args.level is None else args.level
+    if not level.isdigit():
+        raise ValueError(f"--level with --embeddings is a label column number, got {level!r}")
+    level = int(level)
     loaded = torch.load(args.embeddings, map_location="cpu", weights_only=True)
     if isinstance(loaded, (tuple, list)) and len(loaded) == 2:
         embeddings, labels = loaded
@@ -123,7 +141,7 @@ def _visualize(args: argparse.Namespace) -> int:
         )
     labels = None if labels is None else torch.as_tensor(labels)
     if labels is not None and labels.dim() == 2:
-        labels = labels[:, args.level]
+        labels = labels[:, level]
     proxies = None
     if args.proxies:
         proxies = torch.load(args.proxies, map_location="cpu", weights_only=True)
@@ -185,12 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
         "visualize", help="draw Poincaré-ball embeddings (and proxies) on the Poincaré disk"
     )
     visualize.add_argument(
-        "--embeddings", required=True, help="torch.save'd (embeddings, labels) tuple or tensor"
+        "checkpoint",
+        nargs="?",
+        help="run checkpoint (or run folder: its best.pt) whose model embeds --split",
     )
-    visualize.add_argument("--proxies", help="torch.save'd (P, D) proxies tensor")
-    visualize.add_argument("--c", type=float, default=0.1, help="curvature -c of the ball")
+    visualize.add_argument("--embeddings", help="torch.save'd (embeddings, labels) tuple or tensor")
     visualize.add_argument(
-        "--level", type=int, default=0, help="label column for (N, L) labels (0 = finest)"
+        "--split", help="with CHECKPOINT: evaluation split to embed (default: the query split)"
+    )
+    visualize.add_argument("--data-root", help="with CHECKPOINT: dataset folder")
+    visualize.add_argument("--proxies", help="torch.save'd (P, D) proxies tensor")
+    visualize.add_argument(
+        "--c", type=float, default=0.1, help="with --embeddings: curvature -c of the ball"
+    )
+    visualize.add_argument(
+        "--level",
+        help="colour by this level: a hierarchy level name with CHECKPOINT (default: "
+        "eval.purity_level), a column of (N, L) labels with --embeddings (default 0 = finest)",
     )
     visualize.add_argument("--out", required=True, help="output PNG")
     visualize.set_defaults(func=_visualize)

@@ -21,6 +21,9 @@ class SyntheticImages(torch.utils.data.Dataset):
         image_size: S.
         noise: standard deviation of the per-image noise around the class pattern.
         seed: generator seed.
+        coarse_classes: when given, a two-level hierarchy: ``hierarchy_levels`` is
+            ``("class", "coarse")`` and ``hierarchy`` is ``(N, 2)``, the coarse label of class
+            c being ``c // coarse_classes`` (classes grouped in runs of ``coarse_classes``).
     """
 
     def __init__(
@@ -31,6 +34,7 @@ class SyntheticImages(torch.utils.data.Dataset):
         image_size: int = 32,
         noise: float = 0.5,
         seed: int = 0,
+        coarse_classes: int | None = None,
     ):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -42,6 +46,13 @@ class SyntheticImages(torch.utils.data.Dataset):
         )
         offset = num_classes if split == "test" else 0
         self.labels: np.ndarray = (labels + offset).numpy().astype(np.int64)
+        if coarse_classes is not None:
+            if isinstance(coarse_classes, bool) or not isinstance(coarse_classes, int):
+                raise ValueError(f"coarse_classes must be a positive int, got {coarse_classes!r}")
+            if coarse_classes < 1:
+                raise ValueError(f"coarse_classes must be a positive int, got {coarse_classes!r}")
+            self.hierarchy_levels = ("class", "coarse")
+            self.hierarchy = np.stack([self.labels, self.labels // coarse_classes], axis=1)
 
     def __len__(self) -> int:
         return len(self.labels)

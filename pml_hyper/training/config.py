@@ -97,6 +97,10 @@ SCHEMA: dict[str, Any] = {
         "start_epoch": 1,
         "k_values": [1, 2, 4, 8],
         "primary_metric": "recall_at_1",
+        # when the evaluation set has a label hierarchy: Recall@K at every level
+        # ("<level>/recall_at_K") and, after the last epoch, dendrogram purity
+        "hierarchy": True,
+        "purity_level": None,  # level of the dendrogram purity; None = the second level
     },
     "distributed": {
         # None = exact single-process gradients at any world size. P = the released HIER/Hyp
@@ -107,6 +111,7 @@ SCHEMA: dict[str, Any] = {
     "output": {
         "dir": "runs/{name}",
         "plots": True,
+        "disk_plot": True,  # disk.png (Poincaré disk, UMAP) at the end of hyperbolic-head runs
         "progress_bar": True,
         "log_freq": 50,
     },

@@ -21,6 +21,7 @@ import copy
 import importlib.resources
 import math
 import resource
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from ..data import EmojiVendors, eval_transform, train_transform
 from ..data.class_split import ClassSubset, stratified_sample, validation_classes
 from ..data.emoji_vendors import SKIN_TONES
 from ..evaluation import recall_metric_names
+from . import hierarchy_report
 from .builders import build_model_on, build_tester, resolve_device
 from .config import load_config
 from .evaluate import evaluate_recall
@@ -54,6 +56,9 @@ RECIPE_FILES: dict[str, str] = {
 """Demo recipe name → its YAML file in ``pml_hyper/training/demo_recipes/``."""
 RECIPES = tuple(RECIPE_FILES)
 VALIDATION_FRACTION = 0.15
+# the hierarchy figures in the demo table: R@1 at two coarse levels, dendrogram purity at one
+PURITY_LEVEL = "subgroup"
+LEVEL_COLUMNS = ("subgroup/recall_at_1", "group/recall_at_1", f"{PURITY_LEVEL}/dendrogram_purity")
 
 
 def recipe_path(recipe: str) -> Path:
@@ -76,7 +81,7 @@ def demo_config(
 ) -> dict:
     """The validated config of one demo recipe, with the given values replacing the YAML's
     (``None``, or ``"recipe"`` for ``max_classes``, keeps the file's value)."""
-    sets = [f"output.progress_bar={str(progress_bar).lower()}"]
+    sets = [f"output.progress_bar={str(progress_bar).lower()}", f"eval.purity_level={PURITY_LEVEL}"]
     if epochs is not None:
         sets.append(f"schedule.epochs={epochs}")
     if max_classes != "recipe":
@@ -255,7 +260,12 @@ def pretrained_baseline(config: dict, evaluate_on: str = "test") -> dict[str, fl
     baseline = copy.deepcopy(config)
     baseline["model"]["head"] = "hist"
     tester = build_tester(baseline, device=device)
-    return evaluate_recall(tester, eval_sets, splits, _PooledFeatures(model))
+    metrics = evaluate_recall(tester, eval_sets, splits, _PooledFeatures(model))
+    metrics |= hierarchy_report.level_metrics(baseline, tester, eval_sets, splits)
+    found = hierarchy_report.run_hierarchy(baseline, eval_sets)
+    split = splits[0][0]
+    embeddings = tester.last_embeddings[split][0]
+    return metrics | hierarchy_report.purity_metrics(baseline, found, split, embeddings)
 
 
 def run_demo(
@@ -303,6 +313,7 @@ def run_demo(
     rows = {"pretrained only": {"metrics": [pretrained_baseline(first)]}}
     rows["pretrained only"]["seconds"] = time.perf_counter() - start
     histories: dict[str, list[list[dict]]] = {}
+    disks: dict[str, Path] = {}
     for (recipe, seed), config in configs.items():
         label = f"{recipe}, seed {seed}" if seeds > 1 else recipe
         print(f"--- training {label} ({config['schedule']['epochs']} epochs) ---", flush=True)
@@ -312,13 +323,19 @@ def run_demo(
         row["metrics"].append(results["last"])
         row["seconds"] += (time.perf_counter() - start) / seeds
         histories.setdefault(recipe, []).append(results["history"])
+        disk = Path(config["output"]["dir"]) / hierarchy_report.DISK_PLOT
+        if seed == 0 and disk.is_file():
+            disks[recipe] = output_dir / f"disk_{RECIPE_FILES[recipe].removesuffix('.yaml')}.png"
+            shutil.copyfile(disk, disks[recipe])
     print(format_table(rows, first, seeds))
     print(reading(rows))
     plot_demo(histories, rows["pretrained only"]["metrics"][0], output_dir / "recall.png")
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(
         f"total time {time.perf_counter() - total:.0f} s, peak memory {peak_gb:.1f} GB (RSS)\n"
-        f"plot: {output_dir / 'recall.png'}\n{ATTRIBUTION}"
+        f"plot: {output_dir / 'recall.png'}\n"
+        + "".join(f"Poincaré disk ({recipe}): {path}\n" for recipe, path in disks.items())
+        + ATTRIBUTION
     )
     return rows
 
@@ -329,19 +346,20 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def metric_columns(rows: dict[str, dict], config: dict) -> list[str]:
-    """Emoji-level Recall@K first, then every other metric the runs report (the hierarchy
-    levels' R@1 and dendrogram purity once the evaluation returns them), in order of appearance."""
+    """Emoji-level Recall@K first, then those of :data:`LEVEL_COLUMNS` (R@1 at the subgroup
+    and group levels, subgroup dendrogram purity) that some run reports."""
     columns = recall_metric_names(config["eval"]["k_values"])
-    for row in rows.values():
-        for metrics in row["metrics"]:
-            columns += [name for name in metrics if name not in columns]
-    return columns
+    found = {name for row in rows.values() for metrics in row["metrics"] for name in metrics}
+    return columns + [name for name in LEVEL_COLUMNS if name in found]
 
 
 def _header(name: str) -> str:
-    if name.startswith("recall_at_"):
-        return f"R@{name.removeprefix('recall_at_')}"
-    return name
+    level, _, metric = name.rpartition("/")
+    if metric.startswith("recall_at_"):
+        metric = f"R@{metric.removeprefix('recall_at_')}"
+    elif metric == "dendrogram_purity":
+        metric = "DP"
+    return f"{level} {metric}" if level else metric
 
 
 def format_table(rows: dict[str, dict], config: dict, seeds: int = 1) -> str:

@@ -44,6 +44,22 @@ def evaluate_checkpoint(
     """Recall@K of the model weights of a checkpoint (``last.pt``, ``best.pt``) on its config's
     evaluation split(s), with ``key=value`` config overrides. Only the weights are read: no
     optimizer, scheduler or RNG state, and no pretrained backbone weights."""
+    device = resolve_device(device)
+    config, state, model, eval_sets, splits_to_eval = load_checkpoint_model(
+        path, data_root, overrides, device
+    )
+    tester = build_tester(config, device=device)
+    return evaluate_recall(tester, eval_sets, splits_to_eval, model, state["epoch"])
+
+
+def load_checkpoint_model(
+    path: str | Path,
+    data_root: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    device: str | torch.device | None = None,
+) -> tuple[dict, dict, torch.nn.Module, dict, list]:
+    """``(config, state, model, eval_sets, splits_to_eval)`` of a checkpoint file or run folder
+    (its ``best.pt``): the model with the checkpoint's weights (see :func:`evaluate_checkpoint`)."""
     path = Path(path)
     if path.is_dir():
         if not (path / BEST).is_file():
@@ -67,5 +83,4 @@ def evaluate_checkpoint(
     weights_only = dict(config["model"], pretrained=False, checkpoint_path=None)
     model = build_model_on({**config, "model": weights_only}, device)
     model.load_state_dict(state["models"]["trunk"])
-    tester = build_tester(config, device=device)
-    return evaluate_recall(tester, eval_sets, splits_to_eval, model, state["epoch"])
+    return config, state, model, eval_sets, splits_to_eval

@@ -14,7 +14,17 @@ class NonFiniteEmbeddingsError(NonFiniteLossError):
 
 class FiniteEmbeddingTester(testers.GlobalEmbeddingSpaceTester):
     """``GlobalEmbeddingSpaceTester`` that raises :class:`NonFiniteEmbeddingsError` when any
-    computed embedding is NaN or infinite, before the kNN and accuracies see it."""
+    computed embedding is NaN or infinite, before the kNN and accuracies see it.
+
+    ``last_embeddings`` keeps the ``{split: (embeddings, labels)}`` of the latest
+    :meth:`test` (PML deletes its own copy), for metrics computed from the same embeddings.
+    """
+
+    last_embeddings: dict | None = None
+
+    def get_all_embeddings_for_all_splits(self, *args, **kwargs):
+        self.last_embeddings = super().get_all_embeddings_for_all_splits(*args, **kwargs)
+        return self.last_embeddings
 
     def get_all_embeddings(self, *args, **kwargs):
         embeddings, labels = super().get_all_embeddings(*args, **kwargs)

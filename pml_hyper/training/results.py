@@ -68,9 +68,10 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     ax_loss.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title=title)
     evaluated = [h for h in history if "metrics" in h]
-    for metric in evaluated[0]["metrics"] if evaluated else ():
-        values = [100 * h["metrics"][metric] for h in evaluated]
-        ax_recall.plot([h["epoch"] for h in evaluated], values, marker="o", label=metric)
+    for metric in dict.fromkeys(m for h in evaluated for m in h["metrics"]):
+        found = [h for h in evaluated if metric in h["metrics"]]
+        values = [100 * h["metrics"][metric] for h in found]
+        ax_recall.plot([h["epoch"] for h in found], values, marker="o", label=metric)
     ax_recall.set(xlabel="epoch", ylabel="%", title="Recall@K (test)")
     if evaluated:
         ax_recall.legend()

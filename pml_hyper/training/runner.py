@@ -23,6 +23,7 @@ from pytorch_metric_learning.utils import logging_presets
 from ..data import (
     UniqueClassSampler,
 )
+from . import hierarchy_report
 from .builders import (
     build_datasets,
     build_loss_terms,
@@ -52,6 +53,9 @@ RESUME_SAFE_KEYS = (
     "schedule.epochs",
     "output.progress_bar",
     "output.plots",
+    "output.disk_plot",
+    "eval.hierarchy",  # hierarchy metrics are reported, never trained on
+    "eval.purity_level",
     "output.log_freq",
     "output.dir",
     "data.num_workers",
@@ -167,6 +171,7 @@ class Runner:
                     f"the {split} split of dataset {config['data']['dataset']!r} has {found} "
                     "class; metric learning and Recall@K need at least 2"
                 )
+        hierarchy_report.check(config, self.eval_sets)
         self.model = build_model_on(config, self.device)
         self.loss_terms = [t.to(self.device) for t in build_loss_terms(config, self.num_classes)]
         self.loss = combine_losses(config, self.loss_terms)
@@ -322,8 +327,10 @@ class Runner:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
-        """Recall@K of the current model on the evaluation split(s)."""
-        return evaluate_recall(self.tester, self.eval_sets, self.splits_to_eval, self.model, epoch)
+        """Recall@K of the current model on the evaluation split(s), at every hierarchy level."""
+        tester, sets, splits = self.tester, self.eval_sets, self.splits_to_eval
+        metrics = evaluate_recall(tester, sets, splits, self.model, epoch)
+        return {**metrics, **hierarchy_report.level_metrics(self.config, tester, sets, splits)}
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
@@ -341,6 +348,8 @@ class Runner:
                 (self.out_dir / "config.yaml").write_text(dump_config(self.config))
             if start <= self.config["schedule"]["epochs"]:
                 self.trainer.train(start, self.config["schedule"]["epochs"])
+            if self.rank == 0:
+                hierarchy_report.finish(self)
             return self.write_results("finished") if self.rank == 0 else {}
         except BaseException as error:
             if self.rank == 0 and not isinstance(error, ConfigError | CheckpointError):

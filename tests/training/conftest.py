@@ -68,7 +68,12 @@ def recipe_config(recipe: str, out_dir, epochs: int = 3) -> dict:
         "model": {"backbone": "tiny_cnn", "pretrained": False, "embedding_size": 16},
         "schedule": {"epochs": epochs},
         "eval": {"k_values": [1, 2, 4]},
-        "output": {"dir": str(out_dir / "{name}"), "progress_bar": False, "plots": False},
+        "output": {
+            "dir": str(out_dir / "{name}"),
+            "progress_bar": False,
+            "plots": False,
+            "disk_plot": False,
+        },
     }
     for section, values in copy.deepcopy(RECIPES[recipe]).items():
         raw.setdefault(section, {}).update(values)
