@@ -34,7 +34,7 @@ from pytorch_metric_learning.utils.inference import CustomKNN
 
 from pml_hyper.distances import PoincareDistance
 from pml_hyper.knn import CosineKNN, HyperbolicKNN
-from pml_hyper.knn.hyperbolic_knn import faiss_available
+from pml_hyper.knn.base_knn import faiss_available
 from pml_hyper.layers import ToPoincare
 
 from .common import RESULTS_DIR, machine_info, time_calls, utc_now, versions, write_results

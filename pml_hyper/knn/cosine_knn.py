@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import torch
-from pytorch_metric_learning.utils.inference import return_results
 
+from .base_knn import BaseKNN
 from .hyperbolic_knn import (
-    BACKENDS,
     CHUNK_BYTES,
     _candidate_inner,
     _faiss_search,
     _float64_blocks,
-    _is_leading_rows,
     _torch_search,
-    faiss_available,
 )
 
 
-class CosineKNN:
+class CosineKNN(BaseKNN):
     """Exact k nearest neighbours by cosine similarity, a drop-in for PML's
     ``CustomKNN(CosineSimilarity())``.
 
@@ -43,78 +40,8 @@ class CosineKNN:
     Raises ``ValueError`` for non-finite or zero-norm rows (their cosine is undefined).
     """
 
-    def __init__(self, backend: str = "auto", rerank: int = 16):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend == "faiss" and not faiss_available():
-            raise ImportError(
-                "CosineKNN(backend='faiss') needs faiss: pip install 'pml-hyper[faiss]' "
-                "(faiss-cpu), or use backend='torch'"
-            )
-        if rerank < 0:
-            raise ValueError(f"rerank must be >= 0, got {rerank}")
-        self.backend = backend
-        self.rerank = rerank
-        self.reference: torch.Tensor | None = None
-
     def __repr__(self) -> str:
         return f"CosineKNN(backend={self.backend!r}, rerank={self.rerank})"
-
-    # ------------------------------------------------------------ InferenceModel index API
-    def train(self, embeddings: torch.Tensor) -> None:
-        """Store ``embeddings`` (N, D) as the reference set (replaces any previous one)."""
-        self.reference = None
-        self.add(embeddings)
-
-    def add(self, embeddings: torch.Tensor) -> None:
-        """Append ``embeddings`` (N, D) to the stored reference set."""
-        embeddings = torch.as_tensor(embeddings).detach()
-        _check_2d(embeddings, "embeddings")
-        if self.reference is None:
-            self.reference = embeddings.clone()
-        else:
-            self.reference = torch.cat([self.reference, embeddings.to(self.reference)])
-
-    def reset(self) -> None:
-        self.reference = None
-
-    # ------------------------------------------------------------ search
-    def __call__(
-        self,
-        query: torch.Tensor,
-        k: int,
-        reference: torch.Tensor | None = None,
-        ref_includes_query: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if reference is None:
-            if self.reference is None:
-                raise ValueError("no reference set: pass reference= or call train(embeddings)")
-            reference = self.reference
-        query, reference = torch.as_tensor(query), torch.as_tensor(reference)
-        _check_2d(query, "query")
-        _check_2d(reference, "reference")
-        if query.shape[1] != reference.shape[1]:
-            raise ValueError(
-                f"query has {query.shape[1]} dimensions but reference has {reference.shape[1]}"
-            )
-        k_search = int(k) + int(ref_includes_query)
-        if not 1 <= k_search <= len(reference):
-            raise ValueError(
-                f"k={k} is out of range for {len(reference)} reference points"
-                + (" (one is the query itself)" if ref_includes_query else "")
-            )
-        out_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
-        with torch.no_grad():
-            sims, indices = self._search(
-                query.detach(), reference.detach(), k_search, _is_leading_rows(query, reference)
-            )
-        sims = sims.to(device=query.device, dtype=out_dtype)
-        return return_results(sims, indices.to(query.device), ref_includes_query)
-
-    def _resolve_backend(self, device: torch.device) -> str:
-        if self.backend != "auto":
-            return self.backend
-        return "faiss" if device.type == "cpu" and faiss_available() else "torch"
 
     def _search(
         self, query: torch.Tensor, reference: torch.Tensor, k: int, leading: bool
@@ -150,13 +77,6 @@ class CosineKNN:
             rows = redo.nonzero().squeeze(1)
             sims[rows], indices[rows] = _float64_search(x64[rows], x_norm[rows], y, y_norm, k)
         return sims, indices
-
-
-def _check_2d(x: torch.Tensor, name: str) -> None:
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (N, embedding_size), got shape {tuple(x.shape)}")
-    if x.is_complex() or not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
 
 
 def _normalised(x: torch.Tensor, name: str) -> torch.Tensor:

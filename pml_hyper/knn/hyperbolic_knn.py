@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
-from pytorch_metric_learning.utils.inference import return_results
 
 from ..manifolds.poincare import PoincareBall
 from ..utils.checks import warn_if_unit_normalized
+from .base_knn import BaseKNN
 
-BACKENDS = ("auto", "torch", "faiss")
 CHUNK_BYTES = 1 << 28
 """Upper bound on the temporary float32 score blocks of the torch search (256 MiB)."""
 BLOCK_BYTES = 1 << 24
@@ -25,11 +23,7 @@ PAIRS_PER_GEMM_ROW = 10
 float32 search plus float64 inner products with the candidates (measured on CPU)."""
 
 
-def faiss_available() -> bool:
-    return importlib.util.find_spec("faiss") is not None
-
-
-class HyperbolicKNN:
+class HyperbolicKNN(BaseKNN):
     """Exact k nearest neighbours under the Poincaré distance, for PML's ``AccuracyCalculator``,
     testers and ``InferenceModel``.
 
@@ -69,44 +63,15 @@ class HyperbolicKNN:
     def __init__(
         self, c: float = 0.1, backend: str = "auto", rerank: int = 16, check_inputs: bool = True
     ):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend == "faiss" and not faiss_available():
-            raise ImportError(
-                "HyperbolicKNN(backend='faiss') needs faiss: pip install 'pml-hyper[faiss]' "
-                "(faiss-cpu), or use backend='torch'"
-            )
-        if rerank < 0:
-            raise ValueError(f"rerank must be >= 0, got {rerank}")
+        super().__init__(backend, rerank)
         self.ball = PoincareBall(c)
         self.check_inputs = check_inputs
         self.c = c
-        self.backend = backend
-        self.rerank = rerank
-        self.reference: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         return f"HyperbolicKNN(c={self.c}, backend={self.backend!r}, rerank={self.rerank})"
 
     # ------------------------------------------------------------ InferenceModel index API
-    def train(self, embeddings: torch.Tensor) -> None:
-        """Store ``embeddings`` (N, n) as the reference set (replaces any previous one)."""
-        self.reference = None
-        self.add(embeddings)
-
-    def add(self, embeddings: torch.Tensor) -> None:
-        """Append ``embeddings`` (N, n) to the stored reference set."""
-        embeddings = torch.as_tensor(embeddings).detach()
-        self._check_2d(embeddings, "embeddings")
-        self._check_point(embeddings, "embeddings")
-        if self.reference is None:
-            self.reference = embeddings.clone()
-        else:
-            self.reference = torch.cat([self.reference, embeddings.to(self.reference)])
-
-    def reset(self) -> None:
-        self.reference = None
-
     def save(self, filename: str) -> None:
         torch.save({"c": self.c, "reference": self.reference}, filename)
 
@@ -121,61 +86,10 @@ class HyperbolicKNN:
         self.reference = state["reference"]
 
     # ------------------------------------------------------------ search
-    @staticmethod
-    def _check_2d(x: torch.Tensor, name: str) -> None:
-        if x.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (N, embedding_size), got shape {tuple(x.shape)}")
-
     def _check_point(self, x: torch.Tensor, name: str) -> None:
         if self.check_inputs:
             self.ball.check_point(x, name)
             warn_if_unit_normalized(self, x, self.c)
-
-    def _resolve_backend(self, device: torch.device) -> str:
-        if self.backend != "auto":
-            return self.backend
-        if device.type == "cpu" and faiss_available():
-            return "faiss"
-        return "torch"
-
-    def __call__(
-        self,
-        query: torch.Tensor,
-        k: int,
-        reference: torch.Tensor | None = None,
-        ref_includes_query: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        stored = reference is None
-        if stored:
-            if self.reference is None:
-                raise ValueError("no reference set: pass reference= or call train(embeddings)")
-            reference = self.reference
-        query, reference = torch.as_tensor(query), torch.as_tensor(reference)
-        self._check_2d(query, "query")
-        self._check_2d(reference, "reference")
-        if query.shape[1] != reference.shape[1]:
-            raise ValueError(
-                f"query has {query.shape[1]} dimensions but reference has {reference.shape[1]}"
-            )
-        k_search = int(k) + int(ref_includes_query)
-        if not 1 <= k_search <= len(reference):
-            raise ValueError(
-                f"k={k} is out of range for {len(reference)} reference points"
-                + (" (one is the query itself)" if ref_includes_query else "")
-            )
-        leading = _is_leading_rows(query, reference)
-        # With ref_includes_query the queries must be reference[:Nq] (PML's contract).
-        if ref_includes_query and not leading:
-            _check_query_leads_reference(query, reference)
-        if not (ref_includes_query or leading):
-            self._check_point(query, "query")
-        if not stored:  # the stored set was checked by add() / load()
-            self._check_point(reference, "reference")
-        out_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
-        with torch.no_grad():
-            distances, indices = self._search(query.detach(), reference.detach(), k_search, leading)
-        distances = distances.to(device=query.device, dtype=out_dtype)
-        return return_results(distances, indices.to(query.device), ref_includes_query)
 
     def _search(
         self, query: torch.Tensor, reference: torch.Tensor, k: int, leading: bool
@@ -340,35 +254,6 @@ class HyperbolicKNN:
         self._refine_near_zero(x, y, dist, cand)
         best, order = torch.topk(dist, k, dim=1, largest=False)
         return best, cand.gather(1, order)
-
-
-def _is_leading_rows(query: torch.Tensor, reference: torch.Tensor) -> bool:
-    """Whether ``query`` (Nq, n) is a view of ``reference[:Nq]`` (same memory, same layout)."""
-    return (
-        query.device == reference.device
-        and query.dtype == reference.dtype
-        and query.data_ptr() == reference.data_ptr()
-        and query.stride() == reference.stride()
-        and len(query) <= len(reference)
-    )
-
-
-def _check_query_leads_reference(query: torch.Tensor, reference: torch.Tensor) -> None:
-    """Raise ``ValueError`` unless ``query`` (Nq, n) equals ``reference[:Nq]``."""
-    if len(query) > len(reference):
-        raise ValueError(
-            f"ref_includes_query=True needs the {len(query)} queries to be the first rows of "
-            f"the reference set, which has only {len(reference)} rows"
-        )
-    lead = reference[: len(query)].to(device=query.device, dtype=query.dtype)
-    differs = (query != lead).any(1)
-    if differs.any():
-        rows = differs.nonzero().squeeze(1)[:10].tolist()
-        raise ValueError(
-            "ref_includes_query=True means the queries are reference[:Nq] (PML's contract), "
-            f"but query rows {rows} differ from those reference rows; pass "
-            "ref_includes_query=False for a separate query set"
-        )
 
 
 def _float64_blocks(x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:

@@ -4,7 +4,7 @@ from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.utils.inference import CustomKNN
 
 from pml_hyper.knn import CosineKNN
-from pml_hyper.knn.hyperbolic_knn import faiss_available
+from pml_hyper.knn.base_knn import faiss_available
 
 BACKENDS = ["torch"] + (["faiss"] if faiss_available() else [])
 

@@ -10,7 +10,7 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN, InferenceModel
 
 from pml_hyper.distances import PoincareDistance
-from pml_hyper.knn import HyperbolicKNN, hyperbolic_knn
+from pml_hyper.knn import HyperbolicKNN, base_knn, hyperbolic_knn
 from pml_hyper.layers import ToPoincare
 
 BACKENDS = ["torch", "faiss"]
@@ -227,9 +227,9 @@ def test_query_view_of_reference_shares_the_lift():
     ref = ball_points(2000, 16)
     view = HyperbolicKNN()(ref[:100], 10, ref)
     copy = HyperbolicKNN()(ref[:100].clone(), 10, ref)
-    assert hyperbolic_knn._is_leading_rows(ref[:100], ref)
-    assert not hyperbolic_knn._is_leading_rows(ref[:100].clone(), ref)
-    assert not hyperbolic_knn._is_leading_rows(ref[1:101], ref)
+    assert base_knn.is_leading_rows(ref[:100], ref)
+    assert not base_knn.is_leading_rows(ref[:100].clone(), ref)
+    assert not base_knn.is_leading_rows(ref[1:101], ref)
     assert torch.equal(view[0], copy[0]) and torch.equal(view[1], copy[1])
 
 
@@ -349,7 +349,7 @@ def test_errors(monkeypatch):
         knn(nan, 3, ref)
     with pytest.raises(ValueError, match="backend"):
         HyperbolicKNN(backend="annoy")
-    monkeypatch.setattr(hyperbolic_knn, "faiss_available", lambda: False)
+    monkeypatch.setattr(base_knn, "faiss_available", lambda: False)
     with pytest.raises(ImportError, match="faiss"):
         HyperbolicKNN(backend="faiss")
     assert HyperbolicKNN()._resolve_backend(torch.device("cpu")) == "torch"
