@@ -25,7 +25,9 @@ def _dead_pid() -> int:
 
 
 def test_second_process_into_a_busy_run_folder_fails_at_once(make_config, tmp_path):
-    raw = make_config("hist", epochs=200)
+    # far more epochs than the test waits for: the first run must still hold the folder while the
+    # second one starts (it is killed at the end)
+    raw = make_config("hist", epochs=1_000_000)
     raw["schedule"]["warmup_epochs"] = 0
     config_file = tmp_path / "a.yaml"
     config_file.write_text(yaml.safe_dump(raw))
