@@ -1,6 +1,6 @@
 """Paper-protocol evaluation: Recall@K for PML's AccuracyCalculator and testers."""
 
-from .dendrogram_purity import dendrogram_purity
+from .dendrogram_purity import PurityResult, dendrogram_purity
 from .level_accuracies import level_accuracies
 from .recall_at_k import (
     CUB_CARS_K_VALUES,
@@ -13,6 +13,7 @@ from .recall_at_k import (
 __all__ = [
     "CUB_CARS_K_VALUES",
     "INSHOP_K_VALUES",
+    "PurityResult",
     "SOP_K_VALUES",
     "RecallAtK",
     "dendrogram_purity",

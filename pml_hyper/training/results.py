@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from pathlib import Path
@@ -12,15 +13,27 @@ from pytorch_metric_learning.utils import logging_presets
 
 from .config import ConfigError
 
+PROBE_PREFIX = ".write-test-"
+"""Name prefix of :func:`check_output_dir`'s probe file (the process id follows)."""
+
 
 def check_output_dir(folder: Path) -> None:
-    """Create ``folder`` and check that files can be written in it, with a clear error."""
+    """Create ``folder`` and check up front that files can be written in it (a probe file,
+    removed again): an unusable folder (``PermissionError``, a file in the way, ...) is a
+    ``ConfigError`` naming the folder. On failure nothing this check created is left behind."""
+    folder = Path(folder)
+    created = [path for path in (folder, *folder.parents) if not path.exists()]
+    probe = folder / f"{PROBE_PREFIX}{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
+        try:
+            probe.write_text("")
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as error:
+        for path in created:  # deepest first; only the empty folders made here
+            with contextlib.suppress(OSError):
+                path.rmdir()
         reason = error.strerror or type(error).__name__
         raise ConfigError(
             f"output folder {folder} cannot be used: {reason} ({error.filename or folder}); "
