@@ -4,7 +4,7 @@ from PIL import Image
 
 from pml_hyper.data import eval_transform
 from pml_hyper.manifolds import PoincareBall
-from pml_hyper.models import BACKBONES, EmbeddingModel, HIERHead, HISTHead, create_backbone
+from pml_hyper.models import BACKBONES, EmbeddingModel, HISTHead, PoincareHead, create_backbone
 
 PAPER_BACKBONES = [
     "resnet50",
@@ -58,7 +58,7 @@ def test_vit_patch_embedding_frozen_by_default():
 def test_heads_follow_the_papers():
     hist = HISTHead(64, 16)
     assert not hist.norm.elementwise_affine and (hist.linear.bias == 0).all()
-    hier = HIERHead(64, 16)
+    hier = PoincareHead(64, 16)
     assert not hier.norm.elementwise_affine and (hier.linear.bias == 0).all()
     weight = hier.linear.weight  # orthogonal rows (16 × 64)
     torch.testing.assert_close(weight @ weight.T, torch.eye(16), atol=1e-5, rtol=0)
@@ -67,12 +67,12 @@ def test_heads_follow_the_papers():
         2.3,
         True,
     )
-    hyp = HIERHead(64, 16, layer_norm=False, riemannian=False)
+    hyp = PoincareHead(64, 16, layer_norm=False, riemannian=False)
     assert isinstance(hyp.norm, torch.nn.Identity) and not hyp.to_poincare.riemannian
 
 
 def test_custom_head_module_is_checked():
-    head = HIERHead(1280, 8, c=0.05)
+    head = PoincareHead(1280, 8, c=0.05)
     assert EmbeddingModel("tf_efficientnet_lite0", 8, head=head).head is head
     with pytest.raises(ValueError, match=r"expected \(2, 16\)"):
         EmbeddingModel("tf_efficientnet_lite0", 16, head=head)
