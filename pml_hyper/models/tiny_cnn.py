@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
-from .hist_head import HISTHead
+from .geometry import Geometry, geometry_of
+from .heads import build_head
 
 
 class TinyCNN(torch.nn.Module):
-    """Two 16-channel conv–BN–ReLU blocks, GAP + GMP pooling and a HIST head:
-    ``(B, 3, H, W) -> (B, D)``; ``backbone``, ``head`` and ``num_features`` attributes as in
-    ``EmbeddingModel`` (the runner swaps in the head its config asks for).
+    """Two 16-channel conv–BN–ReLU blocks, GAP + GMP pooling and a named head (default
+    HIST's): ``(B, 3, H, W) -> (B, D)``; ``backbone``, ``head``, ``num_features`` and
+    ``geometry`` attributes as in ``EmbeddingModel``.
     """
 
     transform_backbone = "tf_efficientnet_lite0"
     """The backbone whose input transform (normalisation, interpolation) TinyCNN's data use."""
 
-    def __init__(self, embedding_size: int):
+    def __init__(
+        self,
+        embedding_size: int,
+        head: str = "hist",
+        head_kwargs: Mapping[str, Any] | None = None,
+    ):
         super().__init__()
         width = 16
         self.num_features = width
@@ -28,7 +37,12 @@ class TinyCNN(torch.nn.Module):
             torch.nn.BatchNorm2d(width),
             torch.nn.ReLU(),
         )
-        self.head = HISTHead(width, embedding_size)
+        self.head = build_head(head, width, embedding_size, head_kwargs)
+
+    @property
+    def geometry(self) -> Geometry:
+        """The head's geometry."""
+        return geometry_of(self.head)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         x = self.backbone(images)

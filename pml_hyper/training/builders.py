@@ -27,14 +27,11 @@ from ..data import (
     train_transform,
 )
 from ..evaluation import RecallAtK, recall_metric_names
-from ..knn import CosineKNN, HyperbolicKNN
-from ..models import MODELS, EmbeddingModel, HIERHead
+from ..models import MODELS, EmbeddingModel, Geometry, build_head, geometry_of
+from ..utils.geometry import retrieval_settings
 from .finite_embedding_tester import FiniteEmbeddingTester
 
 DATASETS = {"cub200": CUB200, "cars196": Cars196, "sop": SOP, "inshop": InShop}
-
-
-HYPERBOLIC_HEADS = ("hier", "hyp")
 
 
 class Labelled(torch.utils.data.Subset):
@@ -87,31 +84,29 @@ def build_datasets(config: dict, data_root: str | Path | None = None) -> tuple[A
 
 
 def build_model(config: dict) -> torch.nn.Module:
-    """The embedding model of ``config["model"]`` (``backbone`` and ``head`` attributes)."""
+    """The embedding model of ``config["model"]`` with its named head (``backbone``, ``head``
+    and ``geometry`` attributes)."""
     m = config["model"]
-    head_kwargs = dict(m["head_kwargs"])
-    if m["head"] == "hyp":
-        head_kwargs = {"layer_norm": False, "riemannian": False, **head_kwargs}
-    elif m["head"] not in ("hist", "hier"):
-        raise ValueError(f"model.head must be hist, hier or hyp, got {m['head']!r}")
-    if m["head"] == "hist" and head_kwargs:
-        raise ValueError("model.head_kwargs applies to the hier and hyp heads only")
     if m["backbone"] in MODELS:
-        model = MODELS[m["backbone"]](m["embedding_size"])
-    else:
-        model = EmbeddingModel(
-            m["backbone"],
-            m["embedding_size"],
-            head="hist",
-            pretrained=m["pretrained"],
-            checkpoint_path=m["checkpoint_path"],
-            freeze_bn_stats=m["freeze_bn_stats"],
-            freeze_bn_affine=m["freeze_bn_affine"],
-            freeze_patch_embed=m["freeze_patch_embed"],
-        )
-    if m["head"] != "hist":
-        model.head = HIERHead(model.num_features, m["embedding_size"], **head_kwargs)
-    return model
+        return MODELS[m["backbone"]](m["embedding_size"], m["head"], m["head_kwargs"])
+    return EmbeddingModel(
+        m["backbone"],
+        m["embedding_size"],
+        head=m["head"],
+        head_kwargs=m["head_kwargs"],
+        pretrained=m["pretrained"],
+        checkpoint_path=m["checkpoint_path"],
+        freeze_bn_stats=m["freeze_bn_stats"],
+        freeze_bn_affine=m["freeze_bn_affine"],
+        freeze_patch_embed=m["freeze_patch_embed"],
+    )
+
+
+def config_geometry(config: dict) -> Geometry:
+    """The geometry of ``config["model"]``'s head, known before the model is built (the head
+    alone is built, on a one-feature input)."""
+    m = config["model"]
+    return build_head(m["head"], 1, m["embedding_size"], m["head_kwargs"]).geometry
 
 
 def build_model_on(config: dict, device: torch.device) -> torch.nn.Module:
@@ -181,15 +176,16 @@ def combine_losses(config: dict, terms: list[torch.nn.Module]) -> torch.nn.Modul
     )
 
 
-def build_tester(config: dict, end_of_testing_hook: Callable | None = None, device=None):
-    """``GlobalEmbeddingSpaceTester`` with :class:`RecallAtK`: Poincaré kNN for the hier/hyp
-    heads (no normalisation), cosine kNN otherwise."""
-    hyperbolic = config["model"]["head"] in HYPERBOLIC_HEADS
-    if hyperbolic:
-        c = config["model"]["head_kwargs"].get("c", 0.1)
-        knn = HyperbolicKNN(c=c, backend="torch")
-    else:
-        knn = CosineKNN()
+def build_tester(
+    config: dict,
+    model: torch.nn.Module,
+    end_of_testing_hook: Callable | None = None,
+    device=None,
+):
+    """``GlobalEmbeddingSpaceTester`` with :class:`RecallAtK` for ``model``'s geometry
+    (:func:`~pml_hyper.utils.retrieval_settings`): Poincaré kNN (torch backend) without
+    normalisation in the ball, cosine kNN on normalised embeddings otherwise."""
+    knn, normalize = retrieval_settings(geometry_of(model), ball_backend="torch")
     k_values = config["eval"]["k_values"]
     calculator = RecallAtK(
         k_values,
@@ -199,7 +195,7 @@ def build_tester(config: dict, end_of_testing_hook: Callable | None = None, devi
         device=device,
     )
     return FiniteEmbeddingTester(
-        normalize_embeddings=not hyperbolic,
+        normalize_embeddings=normalize,
         batch_size=config["data"]["eval_batch_size"],
         dataloader_num_workers=config["data"]["num_workers"],
         accuracy_calculator=calculator,

@@ -59,7 +59,7 @@ SCHEMA: dict[str, Any] = {
         "checkpoint_path": None,
         "embedding_size": 512,
         "head": "hist",  # hist (Linear+LayerNorm), hier (LN+Linear+ToPoincare), hyp (no LN)
-        "head_kwargs": FREE,  # HIERHead arguments (c, clip_r, riemannian, layer_norm)
+        "head_kwargs": FREE,  # PoincareHead arguments (c, clip_r, riemannian, layer_norm)
         "freeze_bn_stats": True,
         "freeze_bn_affine": False,
         "freeze_patch_embed": None,

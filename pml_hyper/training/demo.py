@@ -17,7 +17,6 @@ contributors.
 
 from __future__ import annotations
 
-import copy
 import importlib.resources
 import math
 import resource
@@ -35,6 +34,7 @@ from ..data import EmojiVendors, eval_transform, train_transform
 from ..data.class_split import ClassSubset, stratified_sample, validation_classes
 from ..data.emoji_vendors import base_sequence, hierarchy_of
 from ..evaluation import recall_metric_names
+from ..models import COSINE
 from . import hierarchy_report
 from .builders import build_model_on, build_tester, resolve_device
 from .config import load_config
@@ -227,7 +227,9 @@ class DemoRunner(Runner):
 
 
 class _PooledFeatures(torch.nn.Module):
-    """The backbone's pooled features: the pretrained-only baseline."""
+    """The backbone's pooled features: the pretrained-only baseline, compared by cosine."""
+
+    geometry = COSINE
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -241,16 +243,15 @@ def pretrained_baseline(config: dict, evaluate_on: str = "test") -> dict[str, fl
     """Recall@K of the pretrained backbone's pooled features (cosine), before any training."""
     _, eval_sets, splits, _ = demo_datasets(config, evaluate_on)
     device = resolve_device()
-    model = build_model_on(config, device).eval()
-    baseline = copy.deepcopy(config)
-    baseline["model"]["head"] = "hist"
-    tester = build_tester(baseline, device=device)
-    metrics = evaluate_recall(tester, eval_sets, splits, _PooledFeatures(model))
-    metrics |= hierarchy_report.level_metrics(baseline, tester, eval_sets, splits)
-    found = hierarchy_report.run_hierarchy(baseline, eval_sets)
+    features = _PooledFeatures(build_model_on(config, device).eval())
+    tester = build_tester(config, features, device=device)
+    metrics = evaluate_recall(tester, eval_sets, splits, features)
+    metrics |= hierarchy_report.level_metrics(config, tester, eval_sets, splits)
+    found = hierarchy_report.run_hierarchy(config, eval_sets)
     split = splits[0][0]
     embeddings = tester.last_embeddings[split][0]
-    return metrics | hierarchy_report.purity_metrics(baseline, found, split, embeddings)
+    purity = hierarchy_report.purity_metrics(config, features.geometry, found, split, embeddings)
+    return metrics | purity
 
 
 def run_demo(

@@ -130,10 +130,11 @@ def train_head(
 def validation_recall(
     config: dict, embed: torch.nn.Module, features: torch.Tensor, labels: np.ndarray
 ) -> dict[str, float]:
-    """Recall@K of ``embed(features)`` among the validation items (self-matches excluded)."""
-    tester = build_tester(config)
+    """Recall@K of ``embed(features)`` among the validation items (self-matches excluded), in
+    ``embed``'s geometry."""
+    tester = build_tester(config, embed)
     embeddings = embed(features)
-    if config["model"]["head"] == "hist":
+    if tester.normalize_embeddings:
         embeddings = torch.nn.functional.normalize(embeddings, dim=1)
     accuracy = tester.accuracy_calculator.get_accuracy(embeddings, torch.as_tensor(labels))
     return {k: float(v) for k, v in accuracy.items()}
@@ -158,9 +159,7 @@ def run_search(
     train_x = pooled_features(base, train, device)
     val_x = pooled_features(base, val, device)
     feature_seconds = time.perf_counter() - started
-    pretrained = validation_recall(
-        {**base, "model": {**base["model"], "head": "hist"}}, torch.nn.Identity(), val_x, val.labels
-    )
+    pretrained = validation_recall(base, torch.nn.Identity(), val_x, val.labels)
     data = base["data"]
     per_batch = data["batch_size"] // data["images_per_class"]
     steps_per_epoch = len(train) // data["batch_size"]

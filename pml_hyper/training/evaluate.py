@@ -48,7 +48,7 @@ def evaluate_checkpoint(
     config, state, model, eval_sets, splits_to_eval = load_checkpoint_model(
         path, data_root, overrides, device
     )
-    tester = build_tester(config, device=device)
+    tester = build_tester(config, model, device=device)
     return evaluate_recall(tester, eval_sets, splits_to_eval, model, state["epoch"])
 
 

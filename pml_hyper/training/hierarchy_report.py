@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ..evaluation import dendrogram_purity, level_accuracies
-from .builders import HYPERBOLIC_HEADS, build_loss_terms, build_tester, resolve_device
+from ..models import Geometry, geometry_of
+from .builders import build_loss_terms, build_tester, config_geometry, resolve_device
 from .config import ConfigError
 from .evaluate import load_checkpoint_model
 
@@ -79,17 +80,9 @@ def purity_level(config: dict, levels: tuple[str, ...]) -> str:
     return name
 
 
-def _hyperbolic(config: dict) -> bool:
-
-    return config["model"]["head"] in HYPERBOLIC_HEADS
-
-
-def _curvature(config: dict) -> float:
-    return float(config["model"]["head_kwargs"].get("c", 0.1))
-
-
-def wants_disk_plot(config: dict) -> bool:
-    return bool(config["output"]["disk_plot"]) and _hyperbolic(config)
+def wants_disk_plot(config: dict, geometry: Geometry) -> bool:
+    """Whether a run draws ``disk.png``: ``output.disk_plot`` and a model in the ball."""
+    return bool(config["output"]["disk_plot"]) and geometry.hyperbolic
 
 
 def check(config: dict, eval_sets: dict) -> None:
@@ -103,7 +96,7 @@ def check(config: dict, eval_sets: dict) -> None:
                 "set has no label hierarchy (or eval.hierarchy is false)"
             )
         purity_level(config, found[0])
-    if wants_disk_plot(config):
+    if wants_disk_plot(config, config_geometry(config)):
         missing = [m for m in ("umap", "matplotlib") if importlib.util.find_spec(m) is None]
         if missing:
             raise ImportError(
@@ -174,20 +167,21 @@ def checkpoint_proxies(config: dict, state: dict) -> torch.Tensor | None:
 
 def disk_figure(
     config: dict,
+    geometry: Geometry,
     embeddings: torch.Tensor,
     labels: np.ndarray,
     proxies: torch.Tensor | None,
     level_names=None,
 ):
-    """:func:`~pml_hyper.visualization.poincare_disk` of a run's embeddings (its curvature,
-    at most ``DISK_MAX_POINTS`` samples, seeded with the run's seed)."""
+    """:func:`~pml_hyper.visualization.poincare_disk` of a run's embeddings (the curvature of
+    the model's ``geometry``, at most ``DISK_MAX_POINTS`` samples, seeded with the run's seed)."""
     from ..visualization import poincare_disk
 
     return poincare_disk(
         embeddings.detach().cpu(),
         labels,
         proxies=proxies,
-        c=_curvature(config),
+        c=geometry.c,
         level_names=level_names,
         max_points=DISK_MAX_POINTS,
         seed=config["seed"],
@@ -209,27 +203,32 @@ def colour_labels(found, split: str, level: str | None, labels) -> tuple[np.ndar
     return hierarchy[split][:, levels.index(level)], names
 
 
-def purity_metrics(config: dict, found, split: str, embeddings: torch.Tensor) -> dict:
+def purity_metrics(
+    config: dict, geometry: Geometry, found, split: str, embeddings: torch.Tensor
+) -> dict:
     """``{"<purity level>/dendrogram_purity": value}`` of ``split``'s embeddings under the
-    model's geometry (Poincaré for hyperbolic heads, cosine otherwise); ``{}`` without a
+    model's ``geometry`` (Poincaré distance in the ball, cosine otherwise); ``{}`` without a
     hierarchy (``found`` from :func:`run_hierarchy`)."""
     if found is None:
         return {}
     levels, hierarchy, _ = found
     level = purity_level(config, levels)
     column = hierarchy[split][:, levels.index(level)]
-    distance = "poincare" if _hyperbolic(config) else "cosine"
-    purity = dendrogram_purity(embeddings, column, distance=distance, c=_curvature(config))
+    if geometry.hyperbolic:
+        purity = dendrogram_purity(embeddings, column, distance="poincare", c=geometry.c)
+    else:
+        purity = dendrogram_purity(embeddings, column, distance="cosine")
     return {f"{level}/dendrogram_purity": purity}
 
 
 def finish(runner) -> None:
     """After the last epoch: ``<level>/dendrogram_purity`` of the final model's query
     embeddings into the last epoch's metrics (when it was evaluated), and ``disk.png`` in the
-    run folder for hyperbolic heads (``output.disk_plot``)."""
+    run folder for a model in the Poincaré ball (``output.disk_plot``)."""
     config = runner.config
+    geometry = geometry_of(runner.model)
     found = run_hierarchy(config, runner.eval_sets)
-    disk = wants_disk_plot(config)
+    disk = wants_disk_plot(config, geometry)
     if not runner.history or (found is None and not disk):
         return
     query = runner.splits_to_eval[0][0]
@@ -242,7 +241,7 @@ def finish(runner) -> None:
     level = None
     if found is not None:
         level = purity_level(config, found[0])
-        ((name, purity),) = purity_metrics(config, found, query, embeddings).items()
+        ((name, purity),) = purity_metrics(config, geometry, found, query, embeddings).items()
         if "metrics" in entry:
             entry["metrics"][name] = purity
         else:
@@ -254,7 +253,9 @@ def finish(runner) -> None:
             )
     if disk:
         colours, names = colour_labels(found, query, level, labels)
-        figure = disk_figure(config, embeddings, colours, hier_proxies(runner.loss_terms), names)
+        figure = disk_figure(
+            config, geometry, embeddings, colours, hier_proxies(runner.loss_terms), names
+        )
         figure.savefig(Path(runner.out_dir) / DISK_PLOT, dpi=150)
 
 
@@ -277,7 +278,8 @@ def visualize_checkpoint(
 
     device = resolve_device(device)
     config, state, model, eval_sets, splits = load_checkpoint_model(path, data_root, (), device)
-    if not _hyperbolic(config):
+    geometry = geometry_of(model)
+    if not geometry.hyperbolic:
         raise ValueError(
             f"{path} has a {config['model']['head']!r} head (cosine geometry): the Poincaré "
             "disk needs a hyperbolic head (hier or hyp)"
@@ -292,11 +294,13 @@ def visualize_checkpoint(
     if level is None and found is not None:
         level = purity_level(config, found[0])
     print(f"embedding the {split} split ({len(eval_sets[split])} images)", flush=True)
-    embeddings, labels = build_tester(config, device=device).get_all_embeddings(
+    embeddings, labels = build_tester(config, model, device=device).get_all_embeddings(
         eval_sets[split], model
     )
     colours, names = colour_labels(found, split, level, labels)
-    figure = disk_figure(config, embeddings, colours, checkpoint_proxies(config, state), names)
+    figure = disk_figure(
+        config, geometry, embeddings, colours, checkpoint_proxies(config, state), names
+    )
     out = Path(out)
     figure.savefig(out, dpi=150)
     return out

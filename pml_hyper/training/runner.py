@@ -244,7 +244,7 @@ class Runner:
             else None
         )
         self.tester = build_tester(
-            config, self.hooks.end_of_testing_hook if self.hooks else None, self.device
+            config, self.model, self.hooks.end_of_testing_hook if self.hooks else None, self.device
         )
         warmup_modules = (
             [self.model.backbone] if schedule["warmup_freeze"] == "requires_grad" else []

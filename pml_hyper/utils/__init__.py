@@ -12,7 +12,7 @@ from .checks import (
     warn_if_unit_normalized,
 )
 
-_GEOMETRY = ("make_inference_model", "make_tester", "model_curvature")
+_GEOMETRY = ("make_inference_model", "make_tester", "model_curvature", "retrieval_settings")
 
 __all__ = [
     "check_finite",

@@ -100,8 +100,9 @@ def test_bad_inputs():
 def test_default_knn_of_recall_at_k_and_the_runners_cosine_tester():
     from pml_hyper.evaluation import RecallAtK
     from pml_hyper.training import build_config
-    from pml_hyper.training.builders import build_tester
+    from pml_hyper.training.builders import build_model, build_tester
 
     assert isinstance(RecallAtK().knn_func, CosineKNN)
-    tester = build_tester(build_config({"model": {"head": "hist"}}))
+    config = build_config({"model": {"head": "hist", "backbone": "tiny_cnn"}})
+    tester = build_tester(config, build_model(config))
     assert isinstance(tester.accuracy_calculator.knn_func, CosineKNN)

@@ -3,8 +3,17 @@ import torch
 from PIL import Image
 
 from pml_hyper.data import eval_transform
+from pml_hyper.layers import ToPoincare
 from pml_hyper.manifolds import PoincareBall
-from pml_hyper.models import BACKBONES, EmbeddingModel, HIERHead, HISTHead, create_backbone
+from pml_hyper.models import (
+    BACKBONES,
+    COSINE,
+    EmbeddingModel,
+    Geometry,
+    HISTHead,
+    PoincareHead,
+    create_backbone,
+)
 
 PAPER_BACKBONES = [
     "resnet50",
@@ -58,7 +67,7 @@ def test_vit_patch_embedding_frozen_by_default():
 def test_heads_follow_the_papers():
     hist = HISTHead(64, 16)
     assert not hist.norm.elementwise_affine and (hist.linear.bias == 0).all()
-    hier = HIERHead(64, 16)
+    hier = PoincareHead(64, 16)
     assert not hier.norm.elementwise_affine and (hier.linear.bias == 0).all()
     weight = hier.linear.weight  # orthogonal rows (16 × 64)
     torch.testing.assert_close(weight @ weight.T, torch.eye(16), atol=1e-5, rtol=0)
@@ -67,17 +76,62 @@ def test_heads_follow_the_papers():
         2.3,
         True,
     )
-    hyp = HIERHead(64, 16, layer_norm=False, riemannian=False)
+    hyp = PoincareHead(64, 16, layer_norm=False, riemannian=False)
     assert isinstance(hyp.norm, torch.nn.Identity) and not hyp.to_poincare.riemannian
 
 
 def test_custom_head_module_is_checked():
-    head = HIERHead(1280, 8, c=0.05)
+    head = PoincareHead(1280, 8, c=0.05)
     assert EmbeddingModel("tf_efficientnet_lite0", 8, head=head).head is head
     with pytest.raises(ValueError, match=r"expected \(2, 16\)"):
         EmbeddingModel("tf_efficientnet_lite0", 16, head=head)
     with pytest.raises(ValueError, match="head must be one of"):
         EmbeddingModel("tf_efficientnet_lite0", 8, head="proxy")
+
+
+@pytest.mark.parametrize(
+    ("head", "head_kwargs", "norm", "riemannian", "geometry"),
+    [
+        ("hist", None, None, None, COSINE),
+        ("hier", None, torch.nn.LayerNorm, True, Geometry.poincare(0.1)),
+        ("hyp", None, torch.nn.Identity, False, Geometry.poincare(0.1)),
+        ("hier", {"c": 0.05, "clip_r": 1.0}, torch.nn.LayerNorm, True, Geometry.poincare(0.05)),
+        ("hyp", {"c": 0.05}, torch.nn.Identity, False, Geometry.poincare(0.05)),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_named_head_is_built_with_its_geometry(
+    head, head_kwargs, norm, riemannian, geometry, dtype
+):
+    model = EmbeddingModel("tf_efficientnet_lite0", 8, head=head, head_kwargs=head_kwargs)
+    model = model.to(dtype).eval()
+    assert model.geometry == geometry
+    if head == "hist":
+        assert type(model.head) is HISTHead
+    else:
+        assert type(model.head) is PoincareHead and isinstance(model.head.norm, norm)
+        assert model.head.to_poincare.riemannian is riemannian
+        assert model.head.to_poincare.clip_r == (head_kwargs or {}).get("clip_r", 2.3)
+        assert [k for k in model.state_dict() if k.startswith("head.")] == [
+            "head.linear.weight",
+            "head.linear.bias",
+        ]
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32, dtype=dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    if geometry.hyperbolic:
+        PoincareBall(geometry.c).check_point(out)
+
+
+def test_head_names_and_kwargs_are_checked():
+    with pytest.raises(ValueError, match="head must be one of hist, hier, hyp, got 'proxy'"):
+        EmbeddingModel("tf_efficientnet_lite0", 8, head="proxy")
+    with pytest.raises(ValueError, match="do not apply to the 'hist' head"):
+        EmbeddingModel("tf_efficientnet_lite0", 8, head="hist", head_kwargs={"c": 0.1})
+    with pytest.raises(ValueError, match="given by name"):
+        EmbeddingModel("tf_efficientnet_lite0", 8, head=PoincareHead(1280, 8), head_kwargs={"c": 1})
+    custom = torch.nn.Sequential(torch.nn.Linear(1280, 8), ToPoincare(c=0.3))
+    assert EmbeddingModel("tf_efficientnet_lite0", 8, head=custom).geometry.c == 0.3
 
 
 def train_step(model):

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from pml_hyper.evaluation import recall_metric_names
+from pml_hyper.knn import CosineKNN, HyperbolicKNN
+from pml_hyper.models import COSINE
 from pml_hyper.training import load_config
 from pml_hyper.training.builders import build_loss_terms, build_model, build_tester, combine_losses
 from pml_hyper.training.optim import (
@@ -65,7 +67,11 @@ def test_recipe_builds(path):
         optimizer = make_optimizer(config, groups)
         lambdas = lr_lambdas(config, 10, [g["name"] for g in groups])
         torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-    build_tester(config)
+    knn = build_tester(config, model).accuracy_calculator.knn_func
+    if m["head"] == "hist":
+        assert isinstance(knn, CosineKNN) and model.geometry == COSINE
+    else:  # the recipe's curvature, through the head's geometry
+        assert isinstance(knn, HyperbolicKNN) and knn.c == m["head_kwargs"].get("c", 0.1)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -59,12 +59,13 @@ def evaluation_section(args, device: torch.device, ceilings: dict) -> list[dict]
         config = recipe_config(recipe, tiny=False)
         k_values = config["eval"]["k_values"]
         if metric == "cosine":
+            model = torch.nn.Identity()  # cosine geometry
             x = features.to(device)
         else:
             head = config["model"]["head_kwargs"]
-            ball = ToPoincare(c=head["c"], clip_r=head["clip_r"], riemannian=False)
-            x = ball(features).to(device)
-        calculator = build_tester(config, device=device).accuracy_calculator
+            model = ToPoincare(c=head["c"], clip_r=head["clip_r"], riemannian=False)
+            x = model(features).to(device)
+        calculator = build_tester(config, model, device=device).accuracy_calculator
 
         def ours(metric=metric, x=x, calculator=calculator) -> dict:
             embeddings = F.normalize(x, dim=1) if metric == "cosine" else x

@@ -1,0 +1,117 @@
+"""The model, its geometry and the tester the builders make from a config."""
+
+import pytest
+import torch
+
+from pml_hyper.knn import CosineKNN, HyperbolicKNN
+from pml_hyper.models import COSINE, Geometry, HISTHead, PoincareHead, TinyCNN
+from pml_hyper.training import build_config
+from pml_hyper.training.builders import build_model, build_tester, config_geometry
+from pml_hyper.utils import make_inference_model, make_tester, retrieval_settings
+
+
+def tiny_config(head: str, head_kwargs: dict | None = None) -> dict:
+    model = {"backbone": "tiny_cnn", "embedding_size": 8, "head": head}
+    if head_kwargs is not None:
+        model["head_kwargs"] = head_kwargs
+    return build_config({"model": model, "eval": {"k_values": [1, 2]}})
+
+
+@pytest.mark.parametrize(
+    ("head", "head_kwargs", "geometry"),
+    [
+        ("hist", None, COSINE),
+        ("hier", None, Geometry.poincare(0.1)),
+        ("hyp", None, Geometry.poincare(0.1)),
+        ("hier", {"c": 0.05}, Geometry.poincare(0.05)),
+        ("hyp", {"c": 0.05, "clip_r": 1.5}, Geometry.poincare(0.05)),
+    ],
+)
+def test_build_model_builds_the_named_head(head, head_kwargs, geometry):
+    config = tiny_config(head, head_kwargs)
+    model = build_model(config)
+    assert isinstance(model, TinyCNN)
+    assert type(model.head) is (HISTHead if head == "hist" else PoincareHead)
+    assert model.geometry == geometry == config_geometry(config)
+    if head != "hist":
+        assert model.head.to_poincare.riemannian is (head == "hier")
+        assert model.head.to_poincare.clip_r == (head_kwargs or {}).get("clip_r", 2.3)
+
+
+def test_unknown_head_names_the_choices():
+    with pytest.raises(ValueError, match="head must be one of hist, hier, hyp, got 'proxy'"):
+        build_model(tiny_config("proxy"))
+    with pytest.raises(ValueError, match="do not apply to the 'hist' head"):
+        build_model(tiny_config("hist", {"c": 0.1}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("head", "head_kwargs", "c"),
+    [
+        ("hist", None, None),
+        ("hier", None, 0.1),
+        ("hier", {"c": 0.05}, 0.05),
+        ("hyp", {"c": 0.3}, 0.3),
+    ],
+)
+def test_tester_follows_the_models_geometry(head, head_kwargs, c, dtype):
+    config = tiny_config(head, head_kwargs)
+    model = build_model(config).to(dtype).eval()
+    # the runner's tester and the public helper take their kNN from the same place
+    for tester in (build_tester(config, model), make_tester(model)):
+        knn = tester.accuracy_calculator.knn_func
+        if c is None:
+            assert isinstance(knn, CosineKNN) and tester.normalize_embeddings is True
+        else:
+            assert isinstance(knn, HyperbolicKNN) and knn.c == c
+            assert tester.normalize_embeddings is False
+    assert build_tester(config, model).accuracy_calculator.knn_func.backend == (
+        "auto" if c is None else "torch"
+    )
+    index = make_inference_model(model)
+    assert index.normalize_embeddings is (c is None)
+    assert isinstance(index.knn_func, CosineKNN if c is None else HyperbolicKNN)
+    # the model's embeddings go through its tester's kNN in either dtype
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(12, 3, 16, 16, generator=g, dtype=dtype)
+    labels = torch.arange(6).repeat_interleave(2)
+    with torch.no_grad():
+        embeddings = model(images)
+    assert embeddings.dtype == dtype
+    tester = build_tester(config, model)
+    if tester.normalize_embeddings:
+        embeddings = torch.nn.functional.normalize(embeddings, dim=1)
+    recall = tester.accuracy_calculator.get_accuracy(embeddings, labels)
+    assert set(recall) == {"recall_at_1", "recall_at_2"}
+    assert all(0 <= v <= 1 for v in recall.values())
+
+
+def test_a_cosine_wrapper_of_a_hyperbolic_model_gets_the_cosine_tester():
+    """The demo's pretrained baseline: pooled backbone features of a hier model."""
+
+    class Pooled(torch.nn.Module):
+        geometry = COSINE
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            return self.model.features(images)
+
+    config = tiny_config("hier", {"c": 0.05})
+    model = build_model(config)
+    assert isinstance(build_tester(config, model).accuracy_calculator.knn_func, HyperbolicKNN)
+    tester = build_tester(config, Pooled(model))
+    assert isinstance(tester.accuracy_calculator.knn_func, CosineKNN)
+    assert tester.normalize_embeddings is True
+
+
+@pytest.mark.parametrize("c", [0.05, 0.1, 1.0])
+def test_retrieval_settings(c):
+    knn, normalize = retrieval_settings(Geometry.poincare(c), ball_backend="torch")
+    assert isinstance(knn, HyperbolicKNN) and knn.c == c and knn.backend == "torch"
+    assert normalize is False
+    knn, normalize = retrieval_settings(COSINE)
+    assert isinstance(knn, CosineKNN) and normalize is True
