@@ -184,3 +184,14 @@ def test_print_config_reports_a_missing_base(tmp_path, capsys):
     recipe = _write(tmp_path, "run.yaml", "defaults: _base/missing.yaml\n")
     assert main(["train", str(recipe), "--print-config"]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_the_demo_base_is_package_data():
+    import fnmatch
+    import re
+
+    setup = (ROOT / "setup.py").read_text()
+    patterns = re.search(r'"pml_hyper.training": \[([^\]]*)\]', setup).group(1)
+    patterns = re.findall(r'"([^"]+)"', patterns)
+    for path in DEMO_DIR.glob("*.yaml"):
+        assert any(fnmatch.fnmatch(f"demo_recipes/{path.name}", p) for p in patterns), path.name
