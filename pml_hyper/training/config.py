@@ -261,7 +261,13 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 
 def build_config(raw: dict, overrides: Iterable[str] = ()) -> dict:
-    """Defaults + ``raw`` + ``overrides``, validated (see :func:`load_config`)."""
+    """Defaults + ``raw`` + ``overrides``, validated (see :func:`load_config`). ``raw`` is a
+    resolved recipe: its ``defaults:`` bases are files, which :func:`load_config` reads."""
+    if DEFAULTS_KEY in raw:
+        raise ConfigError(
+            f"{DEFAULTS_KEY!r} names base files relative to a recipe file: use load_config(path)"
+            " or load_recipe(path), not build_config"
+        )
     config = _merge(SCHEMA, copy.deepcopy(raw), "")
     for item in overrides:
         key, sep, text = item.partition("=")

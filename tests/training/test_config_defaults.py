@@ -1,13 +1,15 @@
 """Recipes on shared bases (``defaults:``): merge order, list replacement, nested bases, cycle
 and missing-base errors, ``pml-hyper train --print-config``, and every shipped recipe resolving."""
 
+import fnmatch
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pml_hyper.cli import main
-from pml_hyper.training import ConfigError, load_config
+from pml_hyper.training import ConfigError, build_config, load_config
 from pml_hyper.training.config import (
     DEFAULTS_KEY,
     SCHEMA,
@@ -187,11 +189,13 @@ def test_print_config_reports_a_missing_base(tmp_path, capsys):
 
 
 def test_the_demo_base_is_package_data():
-    import fnmatch
-    import re
-
     setup = (ROOT / "setup.py").read_text()
     patterns = re.search(r'"pml_hyper.training": \[([^\]]*)\]', setup).group(1)
     patterns = re.findall(r'"([^"]+)"', patterns)
     for path in DEMO_DIR.glob("*.yaml"):
         assert any(fnmatch.fnmatch(f"demo_recipes/{path.name}", p) for p in patterns), path.name
+
+
+def test_build_config_refuses_unresolved_defaults():
+    with pytest.raises(ConfigError, match="use load_config"):
+        build_config({DEFAULTS_KEY: "_base.yaml"})
