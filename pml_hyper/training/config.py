@@ -5,7 +5,9 @@ A recipe shows only what differs from its family's base: ``defaults: <path or li
 (relative to the recipe file) names the base files it starts from. Bases are read recursively
 (a base may have its own ``defaults``) and deep-merged in order, later files winning and the
 recipe itself last: mappings merge key by key, lists and scalars replace. A base need not be a
-complete recipe; a cycle or a missing base is a :class:`ConfigError` naming the files. Paper
+complete recipe; a cycle or a missing base is a :class:`ConfigError` naming the files. The merged
+recipe then takes the ``--set`` overrides, and :data:`SCHEMA`'s defaults fill in what no file
+sets. Paper
 recipes: benchmarks/paper/*.yaml on benchmarks/paper/_base/; demo recipes:
 pml_hyper/training/demo_recipes/*.yaml on ``_base.yaml``. Files named ``_base*`` are bases, not
 recipes (:func:`recipe_files` skips them); ``pml-hyper train RECIPE --print-config`` prints the
