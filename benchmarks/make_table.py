@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
+from pml_hyper.training.config import load_recipe, recipe_files
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -52,8 +52,8 @@ def table(paper_dir: Path, results_dir: Path) -> str:
         "| hardware | date |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for path in sorted(paper_dir.glob("*.yaml")):
-        config = yaml.safe_load(path.read_text())
+    for path in recipe_files(paper_dir):  # bases (_base*) are not recipes
+        config = load_recipe(path)  # merged onto its defaults: bases
         paper = config["paper"]["metrics"]
         names = list(paper)
         ks = "R@" + "/".join(n.removeprefix("recall_at_") for n in names)

@@ -12,13 +12,17 @@ from .training.config import ConfigError
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .training.config import load_config
-    from .training.runner import Runner
+    from .training.config import dump_config, load_config
 
     _check_config_file(args.config)
     if args.allow_config_change and not args.resume:
         raise ConfigError("--allow-config-change applies with --resume only")
     config = load_config(args.config, args.set)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
+    from .training.runner import Runner
+
     runner = Runner(
         config,
         data_root=args.data_root,
@@ -168,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set schedule.epochs=5 (repeatable)",
     )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved recipe (its defaults: bases merged, --set applied, schema "
+        "defaults filled in) as YAML and exit without training",
+    )
     _add_resume_arguments(train)
     train.set_defaults(func=_train)
 

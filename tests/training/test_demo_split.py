@@ -13,7 +13,7 @@ from pml_hyper.data.class_split import (
     stratified_sample,
     validation_classes,
 )
-from pml_hyper.training.config import load_config
+from pml_hyper.training.config import build_config, load_config, load_recipe, recipe_chain
 from pml_hyper.training.demo import RECIPES, demo_config, recipe_path
 
 KEYS = [f"{i:05x}" for i in range(2000)]
@@ -82,7 +82,15 @@ def test_recipes_are_yaml_files_with_one_budget():
         r: (c["data"], c["schedule"], c["model"]["backbone"], c["model"]["pretrained"])
         for r, c in configs.items()
     }
-    assert len({repr(b) for b in budgets.values()}) == 1, budgets
+    assert len({repr(b) for b in budgets.values()}) == 1, budgets  # the resolved recipes
+    base = build_config(load_recipe(recipe_path("PA").with_name("_base.yaml")))
+    for recipe, config in configs.items():  # the budget is the base's; no recipe file sets it
+        path = recipe_path(recipe)
+        assert recipe_chain(path) == [path.with_name("_base.yaml").resolve(), path.resolve()]
+        assert (config["data"], config["schedule"]) == (base["data"], base["schedule"])
+        text = path.read_text()
+        assert not any(line.startswith(("data:", "schedule:")) for line in text.splitlines())
+        assert "backbone" not in text and "pretrained" not in text and "image_size" not in text
     assert [t["type"] for t in configs["Hyp+HIER"]["loss"]["terms"]] == ["NTXentLoss", "HIERLoss"]
     assert configs["Hyp+HIER"]["model"] == configs["Hyp"]["model"]
     config = demo_config("HIST", epochs=2, max_classes=None, image_size=32, seed=3)

@@ -12,6 +12,7 @@ from pml_hyper.knn import CosineKNN, HyperbolicKNN
 from pml_hyper.models import COSINE
 from pml_hyper.training import load_config
 from pml_hyper.training.builders import build_loss_terms, build_model, build_tester, combine_losses
+from pml_hyper.training.config import recipe_chain, recipe_files
 from pml_hyper.training.optim import (
     loss_param_groups,
     lr_lambdas,
@@ -20,7 +21,7 @@ from pml_hyper.training.optim import (
 )
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "paper"
-CONFIGS = sorted(PAPER_DIR.glob("*.yaml"))
+CONFIGS = recipe_files(PAPER_DIR)  # without the bases (_base/)
 TRAIN_CLASSES = {"cub200": 100, "cars196": 98, "sop": 11318, "inshop": 3997}
 
 
@@ -103,7 +104,7 @@ def test_hyp_recipes_use_hyps_loss(path):
         assert term["kwargs"] == {"temperature": 0.2, "c": 0.1}
     else:
         assert (term["type"], term["weight"]) in {("NTXentLoss", 2.0), ("HypLoss", 1.0)}
-    assert "same optimum" not in path.read_text()
+    assert not any("same optimum" in file.read_text() for file in recipe_chain(path))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -113,7 +114,12 @@ def test_recipe_records_selection_batch_and_gradient_ratio(path):
     assert config["paper"]["selection"] == ("last" if family == "hyp" else "best")
     if family == "hist":
         return
-    header = "".join(line for line in path.read_text().splitlines(True) if line.startswith("#"))
+    header = "".join(  # the recipe's header comments and its bases'
+        line
+        for file in recipe_chain(path)
+        for line in file.read_text().splitlines(True)
+        if line.startswith("#")
+    )
     batch = config["data"]["batch_size"]
     assert f"global {batch}" in header and "--nproc_per_node N" in header
     assert f"data.batch_size={batch}/N" in header
@@ -121,6 +127,8 @@ def test_recipe_records_selection_batch_and_gradient_ratio(path):
     assert config["distributed"]["paper_world_size"] == expected
 
 
-@pytest.mark.parametrize("path", sorted(PAPER_DIR.glob("hier_inshop_*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [p for p in CONFIGS if p.stem.startswith("hier_inshop_")], ids=lambda p: p.stem
+)
 def test_hier_inshop_evaluates_every_epoch(path):
     assert load_config(path)["eval"]["every"] == 1  # every released In-shop script
