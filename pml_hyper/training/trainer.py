@@ -106,6 +106,7 @@ class MetricLossTrainer(MetricLossOnly):
         self.epoch = 0
         self.iterations_done: int | None = None  # of self.epoch; None before training
         self._resume_position: dict | None = None
+        self._batches_drawn = 0  # from the current data iterator
         super().__init__(*args, **kwargs)
         self.data_device = torch.device(self.data_device)
         self.scaler = torch.amp.GradScaler(self.data_device.type, enabled=amp == "fp16")
