@@ -306,6 +306,7 @@ class MetricLossTrainer(MetricLossOnly):
         return {
             "epoch": self.epoch,
             "position": {**self._pass, "iteration": done, "rng": rng_state()} if within else None,
+            "iterations_per_epoch": self.iterations_per_epoch,
             "models": {k: unwrap(v).state_dict() for k, v in self.models.items()},
             "loss_funcs": {k: unwrap(v).state_dict() for k, v in self.loss_funcs.items()},
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
@@ -322,6 +323,12 @@ class MetricLossTrainer(MetricLossOnly):
         was built with (a resumed run's config: a changed ``optimizer.lr`` takes effect); the
         checkpoint gives the optimizer states (moments) and the schedules' positions.
         """
+        saved = state.get("iterations_per_epoch")
+        if saved is not None and saved != self.iterations_per_epoch:
+            raise ValueError(
+                f"the checkpoint's epochs have {saved} iterations, this run's "
+                f"{self.iterations_per_epoch}: its lr schedules and position count the former"
+            )
         for group in ("models", "loss_funcs"):
             for key, module in getattr(self, group).items():
                 unwrap(module).load_state_dict(state[group][key])

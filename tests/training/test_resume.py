@@ -70,6 +70,10 @@ def test_allowed_lr_change_takes_effect_on_resume(make_config, tmp_path, capsys)
     fixed = ["--set", "optimizer.name=sgd", "--allow-config-change", "optimizer.name"]
     assert main(["train", str(config_file), "--resume", *fixed]) == 2
     assert "optimizer.name cannot change in a resumed run" in capsys.readouterr().err
+    # a batch size that changes the epoch's length would shift the lr schedule
+    resized = ["--set", "data.batch_size=6", "--allow-config-change", "data.batch_size"]
+    assert main(["train", str(config_file), "--resume", *resized]) == 2
+    assert "have 4 iterations, this run's 8" in capsys.readouterr().err
 
     changed = ["--set", "schedule.epochs=2", "--set", "optimizer.lr=0.5"]
     allowed = ["--allow-config-change", "optimizer.lr"]

@@ -79,7 +79,7 @@ def test_checkpoints_best_copies_last_and_config_written_once(make_config, monke
     state = torch.load(runner.out_dir / "last.pt", weights_only=True)
     assert set(state) == {
         *("epoch", "position", "models", "loss_funcs", "optimizers", "lr_schedulers"),
-        *("scaler", "rng", "bookkeeper", "config"),
+        *("iterations_per_epoch", "scaler", "rng", "bookkeeper", "config"),
     }
     assert state["position"] is None  # taken at an epoch's end
     assert state["bookkeeper"]["history"] == results["history"][: state["epoch"]]
