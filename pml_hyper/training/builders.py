@@ -23,15 +23,53 @@ from ..data import (
     EmojiVendors,
     InShop,
     SyntheticImages,
+    UniqueClassSampler,
     eval_transform,
     train_transform,
 )
 from ..evaluation import RecallAtK, recall_metric_names
 from ..models import MODELS, EmbeddingModel, Geometry, build_head, geometry_of
 from ..utils.geometry import retrieval_settings
+from .config import ConfigError
 from .finite_embedding_tester import FiniteEmbeddingTester
 
 DATASETS = {"cub200": CUB200, "cars196": Cars196, "sop": SOP, "inshop": InShop}
+
+
+# losses that need two images of a class in a batch (no proxies)
+PAIR_LOSSES = (
+    "ContrastiveLoss",
+    "TripletMarginLoss",
+    "MultiSimilarityLoss",
+    "NTXentLoss",
+    "SupConLoss",
+    "CircleLoss",
+    "MarginLoss",
+    "LiftedStructureLoss",
+    "GeneralizedLiftedStructureLoss",
+    "FastAPLoss",
+    "NCALoss",
+    "SignalToNoiseRatioContrastiveLoss",
+    "TupletMarginLoss",
+    "IntraPairVarianceLoss",
+    "AngularLoss",
+    "NPairsLoss",
+    "PNPLoss",
+)
+
+
+def check_meaningful(config: dict) -> None:
+    """Config errors for runs that would train nothing or learn nothing."""
+    if config["schedule"]["epochs"] < 1:
+        raise ConfigError(f"schedule.epochs must be >= 1, got {config['schedule']['epochs']}")
+    data = config["data"]
+    if data["sampler"] == "unique_class" and data["images_per_class"] < 2:
+        pair = [t["type"] for t in config["loss"]["terms"] if t["type"] in PAIR_LOSSES]
+        if pair:
+            raise ConfigError(
+                f"data.images_per_class is {data['images_per_class']}: {', '.join(pair)} "
+                "needs at least 2 images of a class per batch (its loss would be 0)"
+            )
 
 
 class Labelled(torch.utils.data.Subset):
@@ -81,6 +119,26 @@ def build_datasets(config: dict, data_root: str | Path | None = None) -> tuple[A
         evals = {s: first_classes(make(s, eval_tf), limit) for s in ("query", "gallery")}
         return train, evals, [("query", ["gallery"])]
     return train, {"test": first_classes(make("test", eval_tf), limit)}, [("test", ["test"])]
+
+
+def build_sampler(config: dict, train_set: Any, world_size: int = 1):
+    """The training sampler of ``data.sampler`` (``None``: PML's shuffled loader)."""
+    data = config["data"]
+    if data["sampler"] == "unique_class":
+        return UniqueClassSampler(
+            train_set.labels,
+            batch_size=data["batch_size"],
+            images_per_class=data["images_per_class"],
+            seed=config["seed"],
+            replacement=data["replacement"],
+        )
+    if data["sampler"] != "random":
+        raise ValueError(f"data.sampler must be random or unique_class, got {data['sampler']!r}")
+    if world_size > 1:
+        return torch.utils.data.DistributedSampler(
+            train_set, shuffle=True, seed=config["seed"], drop_last=True
+        )
+    return None
 
 
 def build_model(config: dict) -> torch.nn.Module:

@@ -126,7 +126,36 @@ SCHEMA: dict[str, Any] = {
         "disk_plot": True,  # disk.png (Poincaré disk, UMAP) at the end of hyperbolic-head runs
         "progress_bar": True,
         "log_freq": 50,
+        # also write last.pt every N iterations within an epoch (null = at epoch ends only); a
+        # resumed run continues at the next iteration with the same batches and weights
+        "checkpoint_every_iterations": None,
     },
+}
+
+# config keys a resumed run may change without --allow-config-change (prefixes of dotted keys)
+RESUME_SAFE_KEYS = (
+    "schedule.epochs",
+    "output.progress_bar",
+    "output.plots",
+    "output.disk_plot",
+    "output.checkpoint_every_iterations",
+    "eval.hierarchy",  # hierarchy metrics are reported, never trained on
+    "eval.purity_level",
+    "output.log_freq",
+    "output.dir",
+    "data.num_workers",
+    "data.root",
+    "data.eval_batch_size",
+)
+
+# keys (regular expressions) whose change could not take effect in a resumed run, even allowed
+FIXED_ON_RESUME = {
+    r"optimizer\.name": "the checkpoint's optimizer state belongs to its optimizer",
+    r"schedule\.iterations_per_epoch": "the lr schedules count the checkpoint's iterations",
+    r"loss\.terms\.\d+\.type": "the checkpoint's loss parameters belong to its loss terms",
+    r"model\.(backbone|head|embedding_size|pretrained|checkpoint_path)": (
+        "the model's weights come from the checkpoint"
+    ),
 }
 
 # boolean keys that also take these strings
@@ -276,7 +305,13 @@ def build_config(raw: dict, overrides: Iterable[str] = ()) -> dict:
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         _set(config, key.strip(), parse_value(text))
-    return _merge(SCHEMA, config, "")
+    config = _merge(SCHEMA, config, "")
+    every = config["output"]["checkpoint_every_iterations"]
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ConfigError(
+            f"output.checkpoint_every_iterations must be a positive integer or null, got {every!r}"
+        )
+    return config
 
 
 def _merge(schema: Any, value: Any, where: str) -> Any:
@@ -387,3 +422,32 @@ def config_changes(old: dict, new: dict) -> dict[str, dict]:
         for k in sorted(a.keys() | b.keys())
         if a.get(k) != b.get(k)
     }
+
+
+def resume_changes(old: dict, new: dict, allowed: Iterable[str], path: str | Path) -> dict:
+    """The changes of a resumed run's config ``new`` from its checkpoint's ``old`` that are
+    not :data:`RESUME_SAFE_KEYS` (what ``results.json`` records).
+
+    Raises:
+        ConfigError: a change neither safe nor ``allowed``, or one in :data:`FIXED_ON_RESUME`.
+    """
+    changes = config_changes(old, new)
+    recorded = {k: v for k, v in changes.items() if not matches_prefix(k, RESUME_SAFE_KEYS)}
+    listed = ", ".join(
+        f"{k} ({v['checkpoint']!r} -> {v['now']!r})"
+        for k, v in recorded.items()
+        if not matches_prefix(k, allowed)
+    )
+    if listed:
+        raise ConfigError(
+            f"--resume: the config differs from the one {path} was trained with: {listed}. "
+            "Restore it, or pass --allow-config-change KEY... to accept the change"
+        )
+    for key in recorded:
+        for pattern, reason in FIXED_ON_RESUME.items():
+            if re.fullmatch(pattern, key):
+                raise ConfigError(
+                    f"--resume: {key} cannot change in a resumed run ({reason}); restore it, "
+                    "or start a new run"
+                )
+    return recorded

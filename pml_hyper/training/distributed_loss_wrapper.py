@@ -3,6 +3,8 @@ model-to-loss gradient ratio, see ``docs/distributed.md``)."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 from pytorch_metric_learning.losses import CrossBatchMemory
@@ -11,6 +13,18 @@ from pytorch_metric_learning.losses import CrossBatchMemory
 def is_distributed() -> bool:
     """True when a default process group is initialised."""
     return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed() -> tuple[int, int]:
+    """``(rank, world_size)``; under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is
+    initialised first (NCCL on GPU, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size > 1 and not is_distributed():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    return (dist.get_rank(), world_size) if world_size > 1 else (0, 1)
 
 
 class _GatherWithLocalGradient(torch.autograd.Function):

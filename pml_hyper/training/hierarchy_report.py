@@ -229,10 +229,11 @@ def finish(runner) -> None:
     geometry = geometry_of(runner.model)
     found = run_hierarchy(config, runner.eval_sets)
     disk = wants_disk_plot(config, geometry)
-    if not runner.history or (found is None and not disk):
+    history = runner.bookkeeper.history
+    if not history or (found is None and not disk):
         return
     query = runner.splits_to_eval[0][0]
-    entry = runner.history[-1]
+    entry = history[-1]
     embedded = runner.tester.last_embeddings if "metrics" in entry else None
     if embedded is None:  # the final model was not evaluated in this process
         embeddings, labels = runner.tester.get_all_embeddings(runner.eval_sets[query], runner.model)

@@ -65,11 +65,14 @@ class MetricLossTrainer(MetricLossOnly):
             unscaling (HIER's ``clip_gradients_value``, docs/hier.md#optimizer).
         grad_norm_clip: clip the global gradient norm of the models and losses (Hyp: 3).
         progress_bar: show a tqdm bar per epoch.
+        end_of_step_hook: called with the trainer after each iteration's lr-scheduler step
+            (where :meth:`state_dict` is a consistent mid-epoch checkpoint).
 
     ``loss_funcs["metric_loss"]`` may be a :class:`DistributedLossWrapper`; its loss-parameter
     gradients are averaged over ranks after every backward. ``sampler.set_epoch(epoch)`` is
     called at the start of each epoch when the sampler has it, and every epoch starts a fresh
-    data iterator, so a run resumed at an epoch boundary sees the same batches.
+    data iterator, so a run resumed at an epoch boundary, or within an epoch from a checkpoint
+    taken in ``end_of_step_hook``, sees the same batches.
 
     A non-finite loss raises :class:`NonFiniteLossError` before anything is stepped.
     """
@@ -84,6 +87,7 @@ class MetricLossTrainer(MetricLossOnly):
         grad_clamp: float | None = None,
         grad_norm_clip: float | None = None,
         progress_bar: bool = True,
+        end_of_step_hook: Callable | None = None,
         **kwargs,
     ):
         if amp is not None and amp not in AMP_DTYPES:
@@ -97,8 +101,12 @@ class MetricLossTrainer(MetricLossOnly):
         self.grad_clamp = grad_clamp
         self.grad_norm_clip = grad_norm_clip
         self.progress_bar = progress_bar
+        self.end_of_step_hook = end_of_step_hook or c_f.return_input
         self._frozen_flags: list[tuple[torch.nn.Parameter, bool]] = []
         self.epoch = 0
+        self.iterations_done: int | None = None  # of self.epoch; None before training
+        self._resume_position: dict | None = None
+        self._batches_drawn = 0  # from the current data iterator
         super().__init__(*args, **kwargs)
         self.data_device = torch.device(self.data_device)
         self.scaler = torch.amp.GradScaler(self.data_device.type, enabled=amp == "fp16")
@@ -114,7 +122,7 @@ class MetricLossTrainer(MetricLossOnly):
 
     # ---------------------------------------------------------------- training loop
     def initialize_dataloader(self) -> None:
-        """Build the DataLoader; iterators are created per epoch in :meth:`train`."""
+        """Build the DataLoader; iterators are created per epoch in :meth:`start_epoch`."""
         self.dataloader = c_f.get_train_dataloader(
             self.dataset,
             self.batch_size,
@@ -126,18 +134,23 @@ class MetricLossTrainer(MetricLossOnly):
             self.iterations_per_epoch = len(self.dataloader)
 
     def train(self, start_epoch: int = 1, num_epochs: int = 1) -> None:
-        """Train epochs ``start_epoch..num_epochs`` (1-based, warm-up epochs included)."""
+        """Train epochs ``start_epoch..num_epochs`` (1-based, warm-up epochs included); after
+        :meth:`load_state_dict` of a mid-epoch checkpoint, ``start_epoch`` continues at the
+        checkpoint's next iteration.
+
+        PML's ``BaseTrainer.train`` runs the same iteration (``forward_and_backward``,
+        ``end_of_iteration_hook``, ``step_lr_schedulers``) but cannot be reused: it starts every
+        epoch at iteration 0 (no mid-epoch resume), and its tqdm bar can neither be turned off
+        nor avoid reading the loss (a device synchronisation) every iteration.
+        """
         self.initialize_dataloader()
         for self.epoch in range(start_epoch, num_epochs + 1):
-            if hasattr(self.sampler, "set_epoch"):
-                self.sampler.set_epoch(self.epoch)
-            self.dataloader_iter = iter(self.dataloader)
-            self.set_warmup(self.epoch <= self.warmup_epochs)
-            self.set_to_train()
-            c_f.LOGGER.info("TRAINING EPOCH %d", self.epoch)
+            first = self.start_epoch()
             bar = tqdm.tqdm(
-                range(self.iterations_per_epoch),
+                range(first, self.iterations_per_epoch),
                 desc=f"epoch {self.epoch}/{num_epochs}",
+                initial=first,
+                total=self.iterations_per_epoch,
                 disable=not self.progress_bar,
                 leave=False,
             )
@@ -147,11 +160,51 @@ class MetricLossTrainer(MetricLossOnly):
                 if self.progress_bar:  # reading the loss waits for the device
                     bar.set_postfix(loss=f"{self._loss_value('total_loss'):.4f}")
                 self.step_lr_schedulers(end_of_epoch=False)
+                self.iterations_done = self.iteration + 1
+                self.end_of_step_hook(self)
             self.step_lr_schedulers(end_of_epoch=True)
             self.zero_losses()
             if self.end_of_epoch_hook(self) is False:
                 break
         self.set_warmup(False)
+
+    def start_epoch(self) -> int:
+        """Set up ``self.epoch``: ``sampler.set_epoch``, a fresh data iterator (so an epoch's
+        batches depend on the epoch alone), warm-up freezing, train mode; returns the first
+        iteration (0, or a mid-epoch checkpoint's next one)."""
+        position, self._resume_position = self._resume_position, None
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(self.epoch)
+        self.set_warmup(self.epoch <= self.warmup_epochs)
+        self.set_to_train()
+        c_f.LOGGER.info("TRAINING EPOCH %d", self.epoch)
+        self.iterations_done = 0
+        if position is None:
+            self._start_pass(0)
+            return 0
+        # the checkpoint's pass over the data again, from the RNG state it began with (the same
+        # sampler order, shuffling and worker seeds), less the batches it had consumed; then
+        # the RNG state of the checkpoint, for the next batch's augmentation and the model
+        set_rng_state(position["pass_rng"])
+        self._start_pass(position["pass_iteration"])
+        for _ in range(position["iteration"] - position["pass_iteration"]):
+            next(self.dataloader_iter)
+            self._batches_drawn += 1
+        set_rng_state(position["rng"])
+        self.iterations_done = position["iteration"]
+        return position["iteration"]
+
+    def _start_pass(self, iteration: int) -> None:
+        """A new iterator over the DataLoader, remembering the RNG state it starts from."""
+        self._pass = {"pass_iteration": iteration, "pass_rng": rng_state()}
+        self.dataloader_iter = iter(self.dataloader)
+        self._batches_drawn = 0
+
+    def get_batch(self):
+        if self._batches_drawn == len(self.dataloader):  # PML would start a new pass: record it
+            self._start_pass(self.iteration)
+        self._batches_drawn += 1
+        return super().get_batch()
 
     def set_warmup(self, active: bool) -> None:
         """Freeze (``active``) or restore the parameters of ``warmup_modules``."""
@@ -245,9 +298,15 @@ class MetricLossTrainer(MetricLossOnly):
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        """Everything a resumed run needs, after the epoch ``self.epoch`` finished."""
+        """Everything a resumed run needs, after the epoch ``self.epoch`` finished, or within it
+        (``position``: the iterations done, and where and with which RNG state the current
+        pass over the data began)."""
+        done = self.iterations_done
+        within = done is not None and done < self.iterations_per_epoch
         return {
             "epoch": self.epoch,
+            "position": {**self._pass, "iteration": done, "rng": rng_state()} if within else None,
+            "iterations_per_epoch": self.iterations_per_epoch,
             "models": {k: unwrap(v).state_dict() for k, v in self.models.items()},
             "loss_funcs": {k: unwrap(v).state_dict() for k, v in self.loss_funcs.items()},
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
@@ -257,17 +316,47 @@ class MetricLossTrainer(MetricLossOnly):
         }
 
     def load_state_dict(self, state: dict) -> int:
-        """Restore :meth:`state_dict`; returns the epoch to continue from."""
+        """Restore :meth:`state_dict`; returns the epoch to continue from (the checkpoint's own
+        when it was taken within an epoch: :meth:`train` then starts at its next iteration).
+
+        The optimizers' hyperparameters and the ``LambdaLR`` base lrs stay those this trainer
+        was built with (a resumed run's config: a changed ``optimizer.lr`` takes effect); the
+        checkpoint gives the optimizer states (moments) and the schedules' positions.
+        """
+        saved = state.get("iterations_per_epoch")
+        if saved is not None and saved != self.iterations_per_epoch:
+            raise ValueError(
+                f"the checkpoint's epochs have {saved} iterations, this run's "
+                f"{self.iterations_per_epoch}: its lr schedules and position count the former"
+            )
         for group in ("models", "loss_funcs"):
             for key, module in getattr(self, group).items():
                 unwrap(module).load_state_dict(state[group][key])
+        built = {
+            key: [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+            for key, opt in self.optimizers.items()
+        }
+        base_lrs = {key: list(s.base_lrs) for key, s in self.lr_schedulers.items()}
         for group in ("optimizers", "lr_schedulers"):
             for key, obj in getattr(self, group).items():
                 obj.load_state_dict(state[group][key])
+        for key, optimizer in self.optimizers.items():
+            for group, hyperparameters in zip(optimizer.param_groups, built[key], strict=True):
+                group.update(hyperparameters)
+        for key, scheduler in self.lr_schedulers.items():
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                scheduler.base_lrs = base_lrs[key]
+                groups = scheduler.optimizer.param_groups
+                for group, base, factor in zip(
+                    groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+                ):
+                    group["lr"] = base * factor(scheduler.last_epoch)
+                scheduler._last_lr = [g["lr"] for g in groups]
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.epoch = state["epoch"]
-        return self.epoch + 1
+        self._resume_position = state.get("position")
+        return self.epoch if self._resume_position else self.epoch + 1
 
     def save_checkpoint(self, path: str | Path, **extra) -> None:
         """Write :meth:`state_dict` (plus ``extra`` entries) atomically to ``path``."""

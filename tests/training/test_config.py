@@ -56,3 +56,16 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "unknown config key 'model.backbon'" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", "true", "often"])
+def test_checkpoint_every_iterations_is_a_positive_integer(value):
+    assert build_config({})["output"]["checkpoint_every_iterations"] is None
+    assert (
+        build_config({}, ["output.checkpoint_every_iterations=3"])["output"][
+            "checkpoint_every_iterations"
+        ]
+        == 3
+    )
+    with pytest.raises(ConfigError, match="output.checkpoint_every_iterations"):
+        build_config({}, [f"output.checkpoint_every_iterations={value}"])

@@ -144,7 +144,7 @@ def test_nan_evaluation_embeddings_stop_before_the_tester(make_config, tmp_path,
 
 def test_any_error_finalises_results_as_failed(make_config, monkeypatch):
     runner = Runner(build_config(make_config("hist", epochs=2)))
-    monkeypatch.setattr(runner, "evaluate", lambda epoch: 1 / 0)
+    monkeypatch.setattr(runner.bookkeeper, "evaluate", lambda epoch: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         runner.run()
     results = json.loads((runner.out_dir / "results.json").read_text())
@@ -153,9 +153,9 @@ def test_any_error_finalises_results_as_failed(make_config, monkeypatch):
 
 def test_loss_blowup_warns(make_config):
     runner = Runner(build_config(make_config("hist", epochs=2)))
-    runner.history = [{"epoch": 1, "loss": 1.0}]
+    runner.bookkeeper.history = [{"epoch": 1, "loss": 1.0}]
     with pytest.warns(RuntimeWarning, match="diverging"):
-        runner._warn_loss_blowup(2, 1.0e8)
+        runner.bookkeeper.warn_loss_blowup(2, 1.0e8)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 """A run killed with SIGKILL after its first checkpoint and resumed with --resume ends with
-the same weights and metrics as an uninterrupted run (CPU, deterministic)."""
+the same weights and metrics as an uninterrupted run (CPU, deterministic); an allowed config
+change takes effect in the resumed run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import time
 import torch
 import yaml
 
+from pml_hyper.cli import main
 from pml_hyper.training import Runner, build_config
 
 EPOCHS = 4
@@ -52,3 +55,32 @@ def test_resume_after_sigkill_matches_uninterrupted_run(make_config, tmp_path):
         for key, state in a[group].items():
             for name, tensor in state.items():
                 torch.testing.assert_close(tensor, b[group][key][name], atol=0, rtol=0)
+
+
+def test_allowed_lr_change_takes_effect_on_resume(make_config, tmp_path, capsys):
+    raw = make_config("hist", epochs=1)
+    raw["schedule"].update(warmup_epochs=0, lr_decay="step", step_epochs=1, gamma=0.5)
+    config_file = tmp_path / "hist.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(config_file)]) == 0
+    out_dir = tmp_path / raw["name"]
+    first = _final_state(out_dir)["bookkeeper"]["history"]
+    assert first[0]["lr"]["head"] == 1.0e-3 * 0.5  # after epoch 1: one decay step
+
+    fixed = ["--set", "optimizer.name=sgd", "--allow-config-change", "optimizer.name"]
+    assert main(["train", str(config_file), "--resume", *fixed]) == 2
+    assert "optimizer.name cannot change in a resumed run" in capsys.readouterr().err
+    # a batch size that changes the epoch's length would shift the lr schedule
+    resized = ["--set", "data.batch_size=6", "--allow-config-change", "data.batch_size"]
+    assert main(["train", str(config_file), "--resume", *resized]) == 2
+    assert "have 4 iterations, this run's 8" in capsys.readouterr().err
+
+    changed = ["--set", "schedule.epochs=2", "--set", "optimizer.lr=0.5"]
+    allowed = ["--allow-config-change", "optimizer.lr"]
+    assert main(["train", str(config_file), "--resume", *changed, *allowed]) == 0
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["resume_config_changes"] == {"optimizer.lr": {"checkpoint": 1.0e-3, "now": 0.5}}
+    assert results["history"][0] == json.loads(json.dumps(first[0]))
+    # after epoch 2: the new lr times the schedule's factor (two decay steps)
+    assert results["history"][1]["lr"]["head"] == 0.5 * 0.5**2
+    assert results["history"][1]["lr"]["backbone"] == 0.5 * 0.5**2

@@ -78,9 +78,11 @@ def test_checkpoints_best_copies_last_and_config_written_once(make_config, monke
     assert not list(runner.out_dir.glob("*.partial"))
     state = torch.load(runner.out_dir / "last.pt", weights_only=True)
     assert set(state) == {
-        *("epoch", "models", "loss_funcs", "optimizers", "lr_schedulers", "scaler", "rng"),
-        *("history", "best", "config"),
+        *("epoch", "position", "models", "loss_funcs", "optimizers", "lr_schedulers"),
+        *("iterations_per_epoch", "scaler", "rng", "bookkeeper", "config"),
     }
+    assert state["position"] is None  # taken at an epoch's end
+    assert state["bookkeeper"]["history"] == results["history"][: state["epoch"]]
 
 
 def test_proxies_stay_float32_under_bf16(make_config):
