@@ -79,7 +79,11 @@ def sync(device: torch.device) -> None:
 
 def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict:
     """Seconds per call of ``fn``: ``times_s``, their median and min over ``repeats`` calls after
-    ``warmup`` untimed calls (CUDA events on a GPU, the host clock elsewhere)."""
+    ``warmup`` untimed calls (CUDA events on a GPU, the host clock elsewhere).
+
+    Not ``torch.utils.benchmark.Timer``: per-call times need one ``Timer.timeit(1)`` per call,
+    which added about 15 ms per call on the CPU (3x the plain loop's time for a 256² matmul), and
+    it times the host around an accelerator synchronisation where CUDA events time the device."""
     for _ in range(warmup):
         fn()
     sync(device)

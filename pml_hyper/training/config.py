@@ -95,6 +95,7 @@ SCHEMA: dict[str, Any] = {
         "min_lr_scale": 0.1,  # cosine floor
         "decay_counts_warmup": False,  # HIER's schedule counts warm-up epochs, HIST's does not
         "iterations_per_epoch": None,  # None = one pass of the sampler
+        "head_warmup_steps": 0,  # steps on cached backbone features before epoch 1 (head_warmup)
     },
     "precision": {
         "amp": None,  # bf16, fp16 or null
@@ -311,6 +312,9 @@ def build_config(raw: dict, overrides: Iterable[str] = ()) -> dict:
         raise ConfigError(
             f"output.checkpoint_every_iterations must be a positive integer or null, got {every!r}"
         )
+    steps = config["schedule"]["head_warmup_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"schedule.head_warmup_steps must be an integer >= 0, got {steps!r}")
     return config
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import platform
 import time
 from collections.abc import Sequence
@@ -23,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import UniqueClassSampler
 from .builders import (
     build_loss_terms,
     build_model,
@@ -33,7 +31,7 @@ from .builders import (
     resolve_device,
 )
 from .demo import RECIPES, demo_config, demo_datasets
-from .optim import loss_param_groups, make_optimizer
+from .head_warmup import pooled_features, train_head
 from .trainer import seed_everything
 
 SEARCH_SPACE: dict[str, dict[str, list]] = {
@@ -62,67 +60,20 @@ def candidates(recipe: str) -> list[tuple[str, ...]]:
     ]
 
 
-@torch.no_grad()
-def pooled_features(config: dict, dataset, device: torch.device) -> torch.Tensor:
-    """The pretrained backbone's pooled features of every item of ``dataset``."""
-    model = build_model_on(config, device).eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=config["data"]["eval_batch_size"])
-    return torch.cat([model.features(images.to(device)).cpu() for images, _ in loader])
-
-
-def train_head(
+def fresh_head(
     config: dict,
     features: torch.Tensor,
     labels: np.ndarray,
     steps: int,
-    device: torch.device,
 ) -> tuple[torch.nn.Module, list[float]]:
-    """Train a fresh head and the loss's parameters on cached features for ``steps`` optimiser
-    steps (cosine decay to ``schedule.min_lr_scale``); returns the head and the loss per step."""
+    """A fresh head and loss of ``config``, seeded by ``config["seed"]``, trained on cached
+    ``features`` for ``steps`` steps (:func:`~pml_hyper.training.head_warmup.train_head`);
+    returns the head in eval mode and the loss per step."""
     seed_everything(config["seed"])
     head_config = {**config, "model": {**config["model"], "pretrained": False}}
-    head = build_model(head_config).head.to(device).train()
-    num_classes = int(labels.max()) + 1
-    terms = [t.to(device) for t in build_loss_terms(config, num_classes)]
-    loss_fn = combine_losses(config, terms)
-    opt = config["optimizer"]
-    groups = [
-        {"name": "head", "params": list(head.parameters()), "lr": opt["lr"] * opt["head_lr_scale"]},
-        *loss_param_groups(config, terms),
-    ]
-    optimizer = make_optimizer(config, groups)
-    floor = config["schedule"]["min_lr_scale"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda i: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)),
-    )
-    data = config["data"]
-    sampler = UniqueClassSampler(
-        labels,
-        data["batch_size"],
-        data["images_per_class"],
-        seed=config["seed"],
-        replacement=data["replacement"],
-    )
-    batch, epoch, losses = data["batch_size"], 0, []
-    targets = torch.as_tensor(labels)
-    while len(losses) < steps:
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-        for start in range(0, len(order) - batch + 1, batch):
-            index = torch.as_tensor(order[start : start + batch])
-            loss = loss_fn(head(features[index].to(device)), targets[index].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config["gradients"]["max_norm"] is not None:
-                params = [p for g in groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, config["gradients"]["max_norm"])
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            if len(losses) == steps:
-                break
-        epoch += 1
+    head = build_model(head_config).head.to(features.device)
+    terms = [t.to(features.device) for t in build_loss_terms(config, int(labels.max()) + 1)]
+    losses = train_head(config, head, combine_losses(config, terms), terms, features, labels, steps)
     return head.eval(), losses
 
 
@@ -156,8 +107,11 @@ def run_search(
     started = time.perf_counter()
     train, val_sets, _, split = demo_datasets(base, evaluate_on="val")
     val = val_sets["val"]
-    train_x = pooled_features(base, train, device)
-    val_x = pooled_features(base, val, device)
+    backbone = build_model_on(base, device)
+    batch_size = base["data"]["eval_batch_size"]
+    train_x = pooled_features(backbone, train, batch_size)
+    val_x = pooled_features(backbone, val, batch_size)
+    del backbone
     feature_seconds = time.perf_counter() - started
     pretrained = validation_recall(base, torch.nn.Identity(), val_x, val.labels)
     data = base["data"]
@@ -222,7 +176,7 @@ def run_search(
                         overrides=overrides,
                     )
                     t0 = time.perf_counter()
-                    head, losses = train_head(config, train_x, train.labels, budget, device)
+                    head, losses = fresh_head(config, train_x, train.labels, budget)
                     metrics = validation_recall(config, head, val_x, val.labels)
                     runs.append(
                         {

@@ -27,6 +27,7 @@ from .builders import (
 from .config import RESUME_SAFE_KEYS, ConfigError, dump_config, resume_changes
 from .distributed_loss_wrapper import DistributedLossWrapper, init_distributed
 from .evaluate import evaluate_recall
+from .head_warmup import warm_up_head
 from .optim import build_optimizers
 from .results import build_record_keeper, check_output_dir
 from .run_lock import RunLock
@@ -195,6 +196,15 @@ class Runner:
         """
         try:
             start = self._resume() if self.resume else 1
+            steps = self.config["schedule"]["head_warmup_steps"]
+            if steps and not self.resume:
+                losses = warm_up_head(self)
+                if self.rank == 0:
+                    print(
+                        f"head warm-up: {steps} steps on cached features, loss "
+                        f"{losses[0]:.4f} -> {np.mean(losses[-10:]):.4f}",
+                        flush=True,
+                    )
             if self.rank == 0:
                 (self.out_dir / "config.yaml").write_text(dump_config(self.config))
             if start <= self.config["schedule"]["epochs"]:

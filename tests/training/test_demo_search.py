@@ -9,7 +9,7 @@ from pml_hyper.training.demo import RECIPES, demo_config
 from pml_hyper.training.demo_search import (
     SEARCH_SPACE,
     candidates,
-    train_head,
+    fresh_head,
     validation_recall,
 )
 
@@ -36,7 +36,7 @@ def test_train_head_on_cached_features_lowers_the_loss(recipe):
     labels = np.repeat(np.arange(24), 2)
     features = centres[labels] + torch.randn(48, 1280)
     config = demo_config(recipe, max_classes=24, seed=0)
-    head, losses = train_head(config, features, labels, 25, torch.device("cpu"))
+    head, losses = fresh_head(config, features, labels, 25)
     assert len(losses) == 25
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     metrics = validation_recall(config, head, features, labels)
