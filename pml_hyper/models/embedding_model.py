@@ -26,8 +26,9 @@ class EmbeddingModel(torch.nn.Module):
 
     Pooling (:class:`~pml_hyper.models.backbones.BackboneSpec`): CNNs (ResNet-50,
     EfficientNet-Lite0) sum global average and global max pooling of the last feature map, as
-    both papers do for ResNet-50; ViTs use timm's pre-logits token (CLS; for distilled DeiT the CLS token in training and the
-    mean of the CLS and distillation tokens in evaluation, as the papers' timm did).
+    both papers do for ResNet-50; ViTs use timm's pre-logits token (CLS; for distilled DeiT the
+    CLS token in training and the mean of the CLS and distillation tokens in evaluation, as the
+    papers' timm did).
 
     BatchNorm freezing, two switches (docs/hist.md#warm-up, #quirks item 7): ``freeze_bn_stats``
     keeps every BatchNorm of the backbone in eval mode whatever ``train()`` is called with, so the
