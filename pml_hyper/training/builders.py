@@ -30,6 +30,7 @@ from ..data import (
 from ..evaluation import RecallAtK, recall_metric_names
 from ..models import MODELS, EmbeddingModel, Geometry, build_head, geometry_of
 from ..utils.geometry import retrieval_settings
+from ..utils.registry import lookup
 from .config import ConfigError
 from .finite_embedding_tester import FiniteEmbeddingTester
 
@@ -121,24 +122,38 @@ def build_datasets(config: dict, data_root: str | Path | None = None) -> tuple[A
     return train, {"test": first_classes(make("test", eval_tf), limit)}, [("test", ["test"])]
 
 
-def build_sampler(config: dict, train_set: Any, world_size: int = 1):
-    """The training sampler of ``data.sampler`` (``None``: PML's shuffled loader)."""
-    data = config["data"]
-    if data["sampler"] == "unique_class":
-        return UniqueClassSampler(
-            train_set.labels,
-            batch_size=data["batch_size"],
-            images_per_class=data["images_per_class"],
-            seed=config["seed"],
-            replacement=data["replacement"],
-        )
-    if data["sampler"] != "random":
-        raise ValueError(f"data.sampler must be random or unique_class, got {data['sampler']!r}")
+def _random_sampler(config: dict, train_set: Any, world_size: int) -> Any:
+    """PML's shuffled loader (``None``); a ``DistributedSampler`` across processes."""
     if world_size > 1:
         return torch.utils.data.DistributedSampler(
             train_set, shuffle=True, seed=config["seed"], drop_last=True
         )
     return None
+
+
+def _unique_class_sampler(config: dict, train_set: Any, world_size: int) -> UniqueClassSampler:
+    """HIER's batches of distinct classes, ``images_per_class`` images each."""
+    data = config["data"]
+    return UniqueClassSampler(
+        train_set.labels,
+        batch_size=data["batch_size"],
+        images_per_class=data["images_per_class"],
+        seed=config["seed"],
+        replacement=data["replacement"],
+    )
+
+
+SAMPLERS: dict[str, Callable[[dict, Any, int], Any]] = {
+    "random": _random_sampler,
+    "unique_class": _unique_class_sampler,
+}
+"""Training samplers by ``data.sampler``, called as ``(config, train_set, world_size)``."""
+
+
+def build_sampler(config: dict, train_set: Any, world_size: int = 1):
+    """The training sampler of ``data.sampler`` (``None``: PML's shuffled loader)."""
+    make = lookup(SAMPLERS, config["data"]["sampler"], "data.sampler")
+    return make(config, train_set, world_size)
 
 
 def build_model(config: dict) -> torch.nn.Module:
@@ -184,17 +199,26 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-def _find_class(name: str, modules: tuple, what: str) -> type:
+def _classes(*modules) -> dict[str, type]:
+    """The classes of ``modules`` by name (on a clash, the first module's)."""
+    found: dict[str, type] = {}
     for module in modules:
-        if hasattr(module, name):
-            return getattr(module, name)
-    raise ValueError(f"unknown {what} {name!r}: not in {', '.join(m.__name__ for m in modules)}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, type):
+                found.setdefault(name, obj)
+    return found
+
+
+LOSSES = _classes(hyper_losses, pml_losses)
+"""Loss classes a ``loss.terms.N.type`` names: pml_hyper's, then PML's."""
+DISTANCES = _classes(hyper_distances, pml_distances)
+"""Distance classes a ``{"type": ...}`` loss argument names: pml_hyper's, then PML's."""
 
 
 def _instantiate(spec: dict) -> Any:
     """Objects from ``{"type": Name, ...kwargs}`` (distances inside loss kwargs)."""
     kwargs = dict(spec)
-    cls = _find_class(kwargs.pop("type"), (hyper_distances, pml_distances), "distance")
+    cls = lookup(DISTANCES, kwargs.pop("type"), "distance")
     return cls(**kwargs)
 
 
@@ -203,7 +227,7 @@ def build_loss_terms(config: dict, num_classes: int) -> list[torch.nn.Module]:
     ``embedding_size`` are passed to constructors that take them unless given."""
     terms = []
     for i, term in enumerate(config["loss"]["terms"]):
-        cls = _find_class(term["type"], (hyper_losses, pml_losses), f"loss (loss.terms.{i}.type)")
+        cls = lookup(LOSSES, term["type"], f"loss.terms.{i}.type")
         kwargs = {
             k: _instantiate(v) if isinstance(v, dict) and "type" in v else v
             for k, v in term["kwargs"].items()

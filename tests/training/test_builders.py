@@ -1,4 +1,4 @@
-"""The model, its geometry and the tester the builders make from a config."""
+"""The model, its geometry, the tester and the other parts the builders make from a config."""
 
 import pytest
 import torch
@@ -6,7 +6,15 @@ import torch
 from pml_hyper.knn import CosineKNN, HyperbolicKNN
 from pml_hyper.models import COSINE, Geometry, HISTHead, PoincareHead, TinyCNN
 from pml_hyper.training import build_config
-from pml_hyper.training.builders import build_model, build_tester, config_geometry
+from pml_hyper.training.builders import (
+    build_loss_terms,
+    build_model,
+    build_sampler,
+    build_tester,
+    config_geometry,
+)
+from pml_hyper.training.optim import lr_lambdas, make_optimizer
+from pml_hyper.training.trainer import MetricLossTrainer
 from pml_hyper.utils import make_inference_model, make_tester, retrieval_settings
 
 
@@ -39,7 +47,7 @@ def test_build_model_builds_the_named_head(head, head_kwargs, geometry):
 
 
 def test_unknown_head_names_the_choices():
-    with pytest.raises(ValueError, match="head must be one of hist, hier, hyp, got 'proxy'"):
+    with pytest.raises(ValueError, match="unknown head 'proxy'; choose from hist, hier, hyp"):
         build_model(tiny_config("proxy"))
     with pytest.raises(ValueError, match="do not apply to the 'hist' head"):
         build_model(tiny_config("hist", {"c": 0.1}))
@@ -115,3 +123,37 @@ def test_retrieval_settings(c):
     assert normalize is False
     knn, normalize = retrieval_settings(COSINE)
     assert isinstance(knn, CosineKNN) and normalize is True
+
+
+@pytest.mark.parametrize(
+    ("override", "build", "message"),
+    [
+        ("optimizer.name=lamb", lambda c: make_optimizer(c, []), "optimizer.name 'lamb'"),
+        ("schedule.lr_decay=linear", lambda c: lr_lambdas(c, 1, []), "schedule.lr_decay 'linear'"),
+        ("schedule.warmup_freeze=x", lambda c: lr_lambdas(c, 1, []), "schedule.warmup_freeze 'x'"),
+        (
+            "data.sampler=m_per_class",
+            lambda c: build_sampler(c, None),
+            "data.sampler 'm_per_class'",
+        ),
+        (
+            "loss.terms.0.type=NoLoss",
+            lambda c: build_loss_terms(c, 2),
+            "loss.terms.0.type 'NoLoss'",
+        ),
+        (
+            "loss.terms.0.kwargs.distance.type=NoDistance",
+            lambda c: build_loss_terms(c, 2),
+            "distance 'NoDistance'",
+        ),
+    ],
+)
+def test_unknown_config_names_list_the_choices(override, build, message):
+    config = build_config({}, [override])
+    with pytest.raises(ValueError, match=f"^unknown {message}; choose from "):
+        build(config)
+
+
+def test_unknown_amp_lists_the_choices():
+    with pytest.raises(ValueError, match="^unknown amp 'fp8'; choose from bf16, fp16$"):
+        MetricLossTrainer(amp="fp8")
