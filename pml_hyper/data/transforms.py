@@ -31,6 +31,7 @@ from timm.data import create_transform
 from torchvision import transforms as T
 
 from ..models.backbones import backbone_spec
+from ..utils.registry import lookup
 
 INTERPOLATIONS = {
     "bilinear": T.InterpolationMode.BILINEAR,
@@ -40,9 +41,7 @@ INTERPOLATIONS = {
 
 def _interpolation(backbone: str, interpolation: str | None) -> T.InterpolationMode:
     name = backbone_spec(backbone).interpolation if interpolation is None else interpolation
-    if name not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {name!r}")
-    return INTERPOLATIONS[name]
+    return lookup(INTERPOLATIONS, name, "interpolation")
 
 
 def _normalize(backbone: str) -> T.Normalize:

@@ -31,6 +31,8 @@ class ToPoincare(torch.nn.Module):
         official: the papers' epsilons (clip factor r/(‖u‖ + 1e-5), c rounded to float32, ...)
             for golden parity tests only; see :class:`~pml_hyper.manifolds.PoincareBall`.
         check_inputs: raise ``ValueError`` naming input rows with NaN or inf (one host sync).
+        ball: a ``PoincareBall(c, official=official)`` to share with another owner (e.g. a
+            loss's distance); by default the layer makes its own.
     """
 
     def __init__(
@@ -40,11 +42,16 @@ class ToPoincare(torch.nn.Module):
         riemannian: bool = False,
         official: bool = False,
         check_inputs: bool = True,
+        ball: PoincareBall | None = None,
     ):
         super().__init__()
         if clip_r is not None and not clip_r > 0:
             raise ValueError(f"clip_r must be positive or None, got {clip_r}")
-        self.ball = PoincareBall(c, official=official)
+        if ball is None:
+            ball = PoincareBall(c, official=official)
+        elif (ball.c_raw, ball.official) != (float(c), official):
+            raise ValueError(f"ball={ball!r} differs from c={c}, official={official}")
+        self.ball = ball
         self.check_inputs = check_inputs
         self.c = c
         self.clip_r = clip_r

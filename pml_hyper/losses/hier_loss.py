@@ -15,7 +15,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from ..distances.poincare_distance import PoincareDistance
 from ..layers.to_poincare import ToPoincare
-from ..manifolds.poincare import PoincareBall, full_precision
+from ..manifolds.poincare import full_precision
 from ..miners.reciprocal_triplet_miner import ReciprocalTripletMiner
 from ..utils.checks import check_generator_device
 from .hier_triplet import hier_triplet_loss
@@ -164,8 +164,10 @@ class HIERLoss(BaseMetricLossFunction):
         init_device = generator.device if generator is not None else None
         lcas = torch.randn(num_proxies, embedding_size, generator=generator, device=init_device)
         self.lcas = torch.nn.Parameter(lcas.cpu() / embedding_size**0.5 * (0.9 * clip_r))
-        self.to_poincare = ToPoincare(c, clip_r=clip_r, riemannian=True, official=official)
-        self.ball = PoincareBall(c, official=official)
+        self.ball = self.distance.ball  # one ball for the distance, the proxies and the checks
+        self.to_poincare = ToPoincare(
+            c, clip_r=clip_r, riemannian=True, official=official, ball=self.ball
+        )
         self.check_inputs = check_inputs
         self.miner = ReciprocalTripletMiner(
             topk=topk,

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..utils.registry import lookup
+
 if TYPE_CHECKING:
     from timm.models import PretrainedCfg
 
@@ -82,9 +84,7 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 def backbone_spec(name: str) -> BackboneSpec:
     """The :class:`BackboneSpec` of ``name``, or a ``ValueError`` listing the supported names."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; supported: {', '.join(BACKBONES)}")
-    return BACKBONES[name]
+    return lookup(BACKBONES, name, "backbone")
 
 
 def token_features(backbone: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..utils.registry import lookup
 from .hist_head import HISTHead
 from .poincare_head import PoincareHead
 
@@ -34,9 +35,7 @@ def build_head(
         ValueError: an unknown ``name`` (the message lists :data:`HEADS`), or ``head_kwargs``
             the head does not take.
     """
-    if not isinstance(name, str) or name not in HEADS:
-        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {name!r}")
-    factory = HEADS[name]
+    factory = lookup(HEADS, name, "head")
     kwargs = dict(head_kwargs or {})
     try:
         inspect.signature(factory).bind(in_features, embedding_size, **kwargs)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,49 @@ from ..data import (
 from ..evaluation import RecallAtK, recall_metric_names
 from ..models import MODELS, EmbeddingModel, Geometry, build_head, geometry_of
 from ..utils.geometry import retrieval_settings
+from ..utils.registry import lookup
 from .config import ConfigError
 from .finite_embedding_tester import FiniteEmbeddingTester
 
-DATASETS = {"cub200": CUB200, "cars196": Cars196, "sop": SOP, "inshop": InShop}
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """How the splits of a ``data.dataset`` name are built and evaluated.
+
+    Attributes:
+        make: ``make(root, split, transform, **options)``, the dataset of one split.
+        needs_root: the data root must be given and be an existing folder.
+        generated: tensors made in memory: no image transforms (``transform`` is ``None``) and
+            every class (``data.max_classes`` does not apply).
+        options: the ``data`` key whose mapping holds ``make``'s further keywords, if any.
+        query: the evaluation split whose embeddings are queried.
+        references: the splits it retrieves from.
+    """
+
+    make: Callable[..., Any]
+    needs_root: bool = False
+    generated: bool = False
+    options: str | None = None
+    query: str = "test"
+    references: tuple[str, ...] = ("test",)
+
+
+def _synthetic(
+    root: str | Path | None, split: str, transform: None, **options: Any
+) -> SyntheticImages:
+    """:class:`SyntheticImages` of ``split`` (no files, no transform)."""
+    return SyntheticImages(split, **options)
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    "synthetic": DatasetEntry(_synthetic, generated=True, options="synthetic"),
+    "emoji": DatasetEntry(EmojiVendors),  # root None: the default render cache
+    "cub200": DatasetEntry(CUB200, needs_root=True),
+    "cars196": DatasetEntry(Cars196, needs_root=True),
+    "sop": DatasetEntry(SOP, needs_root=True),
+    "inshop": DatasetEntry(InShop, needs_root=True, query="query", references=("gallery",)),
+}
+"""Datasets by ``data.dataset``."""
 
 
 # losses that need two images of a class in a batch (no proxies)
@@ -89,56 +128,79 @@ def first_classes(dataset: torch.utils.data.Dataset, max_classes: int | None):
     return Labelled(dataset, np.flatnonzero(np.isin(labels, keep)))
 
 
-def build_datasets(config: dict, data_root: str | Path | None = None) -> tuple[Any, dict, list]:
-    """Train dataset, tester ``dataset_dict`` and ``splits_to_eval`` of ``config["data"]``."""
+def _image_transforms(config: dict) -> tuple[Callable, Callable]:
+    """``(train, eval)`` transforms of the backbone's recipe; without ``train_augmentation``
+    the train split also gets the evaluation transform."""
     data, backbone = config["data"], config["model"]["backbone"]
-    name = data["dataset"]
-    root = data_root if data_root is not None else data["root"]
-    if name == "synthetic":
-        splits = {s: SyntheticImages(s, **data["synthetic"]) for s in ("train", "test")}
-        return splits["train"], {"test": splits["test"]}, [("test", ["test"])]
     tf_backbone = getattr(MODELS.get(backbone), "transform_backbone", backbone)
     size, interp = data["image_size"], data["interpolation"]
     eval_tf = eval_transform(tf_backbone, size, data["eval_crop_pct"], interp)
     train_tf = train_transform(tf_backbone, size, interp) if data["train_augmentation"] else eval_tf
-    if name == "emoji":
-        make = functools.partial(EmojiVendors, root)
-    elif name in DATASETS:
-        if root is None:
-            raise ValueError(f"dataset {name!r} needs a data root: pass --data-root DIR")
-        if not Path(root).expanduser().is_dir():
-            raise FileNotFoundError(f"data root {root} does not exist")
-        make = functools.partial(DATASETS[name], root)
-    else:
-        raise ValueError(
-            f"unknown dataset {name!r}; one of synthetic, emoji, {', '.join(DATASETS)}"
-        )
-    limit = data["max_classes"]
-    train = first_classes(make("train", train_tf), limit)
-    if name == "inshop":
-        evals = {s: first_classes(make(s, eval_tf), limit) for s in ("query", "gallery")}
-        return train, evals, [("query", ["gallery"])]
-    return train, {"test": first_classes(make("test", eval_tf), limit)}, [("test", ["test"])]
+    return train_tf, eval_tf
 
 
-def build_sampler(config: dict, train_set: Any, world_size: int = 1):
-    """The training sampler of ``data.sampler`` (``None``: PML's shuffled loader)."""
+def _check_root(name: str, root: str | Path | None) -> None:
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs a data root: pass --data-root DIR")
+    if not Path(root).expanduser().is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist")
+
+
+def build_datasets(config: dict, data_root: str | Path | None = None) -> tuple[Any, dict, list]:
+    """Train dataset, tester ``dataset_dict`` and ``splits_to_eval`` of ``config["data"]``
+    (``data_root`` overrides ``data.root``), from its :data:`DATASETS` entry."""
     data = config["data"]
-    if data["sampler"] == "unique_class":
-        return UniqueClassSampler(
-            train_set.labels,
-            batch_size=data["batch_size"],
-            images_per_class=data["images_per_class"],
-            seed=config["seed"],
-            replacement=data["replacement"],
-        )
-    if data["sampler"] != "random":
-        raise ValueError(f"data.sampler must be random or unique_class, got {data['sampler']!r}")
+    entry = lookup(DATASETS, data["dataset"], "dataset")
+    root = data_root if data_root is not None else data["root"]
+    options = data[entry.options] if entry.options else {}
+    if entry.generated:
+        train_tf = eval_tf = limit = None
+    else:
+        train_tf, eval_tf = _image_transforms(config)
+        limit = data["max_classes"]
+    if entry.needs_root:
+        _check_root(data["dataset"], root)
+
+    def make(split: str, transform: Callable | None) -> Any:
+        return first_classes(entry.make(root, split, transform, **options), limit)
+
+    train = make("train", train_tf)
+    evals = {s: make(s, eval_tf) for s in dict.fromkeys((entry.query, *entry.references))}
+    return train, evals, [(entry.query, list(entry.references))]
+
+
+def _random_sampler(config: dict, train_set: Any, world_size: int) -> Any:
+    """PML's shuffled loader (``None``); a ``DistributedSampler`` across processes."""
     if world_size > 1:
         return torch.utils.data.DistributedSampler(
             train_set, shuffle=True, seed=config["seed"], drop_last=True
         )
     return None
+
+
+def _unique_class_sampler(config: dict, train_set: Any, world_size: int) -> UniqueClassSampler:
+    """HIER's batches of distinct classes, ``images_per_class`` images each."""
+    data = config["data"]
+    return UniqueClassSampler(
+        train_set.labels,
+        batch_size=data["batch_size"],
+        images_per_class=data["images_per_class"],
+        seed=config["seed"],
+        replacement=data["replacement"],
+    )
+
+
+SAMPLERS: dict[str, Callable[[dict, Any, int], Any]] = {
+    "random": _random_sampler,
+    "unique_class": _unique_class_sampler,
+}
+"""Training samplers by ``data.sampler``, called as ``(config, train_set, world_size)``."""
+
+
+def build_sampler(config: dict, train_set: Any, world_size: int = 1):
+    """The training sampler of ``data.sampler`` (``None``: PML's shuffled loader)."""
+    make = lookup(SAMPLERS, config["data"]["sampler"], "data.sampler")
+    return make(config, train_set, world_size)
 
 
 def build_model(config: dict) -> torch.nn.Module:
@@ -184,17 +246,26 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-def _find_class(name: str, modules: tuple, what: str) -> type:
+def _classes(*modules) -> dict[str, type]:
+    """The classes of ``modules`` by name (on a clash, the first module's)."""
+    found: dict[str, type] = {}
     for module in modules:
-        if hasattr(module, name):
-            return getattr(module, name)
-    raise ValueError(f"unknown {what} {name!r}: not in {', '.join(m.__name__ for m in modules)}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, type):
+                found.setdefault(name, obj)
+    return found
+
+
+LOSSES = _classes(hyper_losses, pml_losses)
+"""Loss classes a ``loss.terms.N.type`` names: pml_hyper's, then PML's."""
+DISTANCES = _classes(hyper_distances, pml_distances)
+"""Distance classes a ``{"type": ...}`` loss argument names: pml_hyper's, then PML's."""
 
 
 def _instantiate(spec: dict) -> Any:
     """Objects from ``{"type": Name, ...kwargs}`` (distances inside loss kwargs)."""
     kwargs = dict(spec)
-    cls = _find_class(kwargs.pop("type"), (hyper_distances, pml_distances), "distance")
+    cls = lookup(DISTANCES, kwargs.pop("type"), "distance")
     return cls(**kwargs)
 
 
@@ -203,7 +274,7 @@ def build_loss_terms(config: dict, num_classes: int) -> list[torch.nn.Module]:
     ``embedding_size`` are passed to constructors that take them unless given."""
     terms = []
     for i, term in enumerate(config["loss"]["terms"]):
-        cls = _find_class(term["type"], (hyper_losses, pml_losses), f"loss (loss.terms.{i}.type)")
+        cls = lookup(LOSSES, term["type"], f"loss.terms.{i}.type")
         kwargs = {
             k: _instantiate(v) if isinstance(v, dict) and "type" in v else v
             for k, v in term["kwargs"].items()

@@ -36,6 +36,7 @@ from ..data.class_split import ClassSubset, stratified_sample, validation_classe
 from ..data.emoji_vendors import base_sequence, hierarchy_of
 from ..evaluation import recall_metric_names
 from ..models import COSINE
+from ..utils.registry import lookup
 from . import hierarchy_report
 from .builders import build_model_on, build_tester, resolve_device
 from .config import load_config
@@ -64,10 +65,9 @@ LEVEL_COLUMNS = ("subgroup/recall_at_1", "group/recall_at_1", f"{PURITY_LEVEL}/d
 
 def recipe_path(recipe: str) -> Path:
     """The YAML file of a demo recipe (a key of :data:`RECIPE_FILES`)."""
-    if recipe not in RECIPE_FILES:
-        raise ValueError(f"unknown demo recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    file = lookup(RECIPE_FILES, recipe, "demo recipe")
     folder = importlib.resources.files("pml_hyper.training") / "demo_recipes"
-    return Path(str(folder / RECIPE_FILES[recipe]))
+    return Path(str(folder / file))
 
 
 def demo_config(

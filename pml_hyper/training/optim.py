@@ -7,6 +7,16 @@ from collections.abc import Callable
 
 import torch
 
+from ..utils.registry import lookup
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": lambda groups, opt, **kwargs: torch.optim.Adam(groups, eps=opt["eps"], **kwargs),
+    "adamw": lambda groups, opt, **kwargs: torch.optim.AdamW(groups, eps=opt["eps"], **kwargs),
+    "sgd": lambda groups, opt, **kwargs: torch.optim.SGD(groups, momentum=0.9, **kwargs),
+}
+"""Optimizer factories by ``optimizer.name``, called as ``(groups, optimizer config, lr=...,
+weight_decay=..., fused=...)``."""
+
 
 def loss_param_groups(config: dict, terms: list[torch.nn.Module]) -> list[dict]:
     """Optimizer groups of the losses: each loss's ``param_groups`` helper (HIST, HIER) with
@@ -44,14 +54,55 @@ def make_optimizer(config: dict, groups: list[dict]) -> torch.optim.Optimizer:
     parameter is on a CUDA device (one kernel for all parameters instead of one per tensor)."""
     opt = config["optimizer"]
     fused = all(p.is_cuda for g in groups for p in g["params"])
-    kwargs = {"lr": opt["lr"], "weight_decay": opt["weight_decay"], "fused": fused or None}
-    if opt["name"] == "adam":
-        return torch.optim.Adam(groups, eps=opt["eps"], **kwargs)
-    if opt["name"] == "adamw":
-        return torch.optim.AdamW(groups, eps=opt["eps"], **kwargs)
-    if opt["name"] == "sgd":
-        return torch.optim.SGD(groups, momentum=0.9, **kwargs)
-    raise ValueError(f"optimizer.name must be adam, adamw or sgd, got {opt['name']!r}")
+    factory = lookup(OPTIMIZERS, opt["name"], "optimizer.name")
+    return factory(groups, opt, lr=opt["lr"], weight_decay=opt["weight_decay"], fused=fused or None)
+
+
+def _step_decay(s: dict, per_epoch: int, start: int) -> Callable[[int], float]:
+    """× ``gamma`` every ``step_epochs`` epochs after epoch ``start``."""
+    return lambda iteration: (
+        s["gamma"] ** (max(iteration // per_epoch - start, 0) // s["step_epochs"])
+    )
+
+
+def _cosine_decay(s: dict, per_epoch: int, start: int) -> Callable[[int], float]:
+    """Half a cosine from 1 at epoch ``start`` to ``min_lr_scale`` at the last epoch."""
+    total = max(s["epochs"] - start, 1) * per_epoch
+    floor = s["min_lr_scale"]
+
+    def factor(iteration: int) -> float:
+        progress = min(max(iteration - start * per_epoch, 0) / total, 1.0)
+        return floor + (1 - floor) * (1 + math.cos(math.pi * progress)) / 2
+
+    return factor
+
+
+def _constant(s: dict, per_epoch: int, start: int) -> Callable[[int], float]:
+    return lambda iteration: 1.0
+
+
+LR_DECAYS: dict[str, Callable[[dict, int, int], Callable[[int], float]]] = {
+    "step": _step_decay,
+    "cosine": _cosine_decay,
+    "constant": _constant,
+}
+"""lr factor schedules by ``schedule.lr_decay``, called as ``(schedule config, iterations per
+epoch, first decay epoch)``."""
+
+
+def _zero_lr_during_warmup(
+    factor: Callable[[int], float], per_epoch: int, warmup: int
+) -> Callable[[int], float]:
+    return lambda iteration: 0.0 if iteration // per_epoch < warmup else factor(iteration)
+
+
+WARMUP_FREEZES: dict[str, Callable[..., Callable[[int], float]]] = {
+    # the trainer freezes the backbone's parameters; its lr follows the schedule
+    "requires_grad": lambda factor, per_epoch, warmup: factor,
+    "lr": _zero_lr_during_warmup,
+}
+"""The ``backbone`` group's lr factor by ``schedule.warmup_freeze``, called as ``(factor,
+iterations per epoch, warm-up epochs)``."""
 
 
 def lr_lambdas(
@@ -67,33 +118,10 @@ def lr_lambdas(
     s = config["schedule"]
     warmup = s["warmup_epochs"]
     start = 0 if s["decay_counts_warmup"] else warmup
-    decay_epochs = max(s["epochs"] - start, 1)
-    if s["lr_decay"] not in ("step", "cosine", "constant"):
-        raise ValueError(
-            f"schedule.lr_decay must be step, cosine or constant, got {s['lr_decay']!r}"
-        )
-
-    def factor(iteration: int) -> float:
-        epoch = iteration // iterations_per_epoch
-        if s["lr_decay"] == "step":
-            return s["gamma"] ** (max(epoch - start, 0) // s["step_epochs"])
-        if s["lr_decay"] == "cosine":
-            progress = max(iteration - start * iterations_per_epoch, 0)
-            progress = min(progress / (decay_epochs * iterations_per_epoch), 1.0)
-            return (
-                s["min_lr_scale"] + (1 - s["min_lr_scale"]) * (1 + math.cos(math.pi * progress)) / 2
-            )
-        return 1.0
-
-    def backbone_factor(iteration: int) -> float:
-        return 0.0 if iteration // iterations_per_epoch < warmup else factor(iteration)
-
-    frozen_by_lr = s["warmup_freeze"] == "lr"
-    if s["warmup_freeze"] not in ("lr", "requires_grad"):
-        raise ValueError(
-            f"schedule.warmup_freeze must be lr or requires_grad, got {s['warmup_freeze']!r}"
-        )
-    return [backbone_factor if frozen_by_lr and n == "backbone" else factor for n in group_names]
+    factor = lookup(LR_DECAYS, s["lr_decay"], "schedule.lr_decay")(s, iterations_per_epoch, start)
+    freeze = lookup(WARMUP_FREEZES, s["warmup_freeze"], "schedule.warmup_freeze")
+    backbone_factor = freeze(factor, iterations_per_epoch, warmup)
+    return [backbone_factor if n == "backbone" else factor for n in group_names]
 
 
 def build_optimizers(

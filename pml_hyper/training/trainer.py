@@ -17,6 +17,7 @@ import tqdm
 from pytorch_metric_learning.trainers import MetricLossOnly
 from pytorch_metric_learning.utils import common_functions as c_f
 
+from ..utils.registry import lookup
 from .distributed_loss_wrapper import DistributedLossWrapper
 
 LAST, BEST = "last.pt", "best.pt"
@@ -90,8 +91,7 @@ class MetricLossTrainer(MetricLossOnly):
         end_of_step_hook: Callable | None = None,
         **kwargs,
     ):
-        if amp is not None and amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {tuple(AMP_DTYPES)} or None, got {amp!r}")
+        self.amp_dtype = None if amp is None else lookup(AMP_DTYPES, amp, "amp")
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
         self.amp = amp
@@ -228,7 +228,7 @@ class MetricLossTrainer(MetricLossOnly):
     def compute_embeddings(self, data: torch.Tensor) -> torch.Tensor:
         """Embeddings under autocast (when ``amp``), returned in float32 (or float64)."""
         with torch.autocast(
-            self.data_device.type, dtype=AMP_DTYPES.get(self.amp), enabled=self.amp is not None
+            self.data_device.type, dtype=self.amp_dtype, enabled=self.amp is not None
         ):
             embeddings = super().compute_embeddings(data)
         return embeddings if embeddings.dtype == torch.float64 else embeddings.float()

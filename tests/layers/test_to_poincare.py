@@ -113,3 +113,12 @@ def test_default_is_the_plain_gradient_of_a_pml_loss():
     (plain,) = torch.autograd.grad(loss_of(u), u)
     (riem,) = torch.autograd.grad(loss_of(u, riemannian=True), u)
     assert not torch.allclose(plain, riem, rtol=0.1)
+
+
+def test_shares_a_given_ball_of_its_curvature():
+    ball = PoincareBall(0.05, official=True)
+    assert ToPoincare(c=0.05, official=True, ball=ball).ball is ball
+    with pytest.raises(ValueError, match="differs from c=0.1, official=True"):
+        ToPoincare(c=0.1, official=True, ball=ball)
+    with pytest.raises(ValueError, match="differs from c=0.05, official=False"):
+        ToPoincare(c=0.05, ball=ball)

@@ -393,3 +393,13 @@ def test_input_check_is_under_the_loss_flag():
     with pytest.raises(ValueError, match=r"HIERLoss embeddings rows \[3\]"):
         small_loss()(outside, labels)
     assert small_loss().check_inputs and not small_loss(check_inputs=False).check_inputs
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_one_ball_for_distance_proxies_and_checks(official, dtype):
+    loss = small_loss(c=0.05, official=official).to(dtype)
+    assert loss.distance.ball is loss.to_poincare.ball is loss.ball
+    assert (loss.ball.c_raw, loss.ball.official) == (0.05, official)
+    x, labels = features(dtype=dtype)
+    assert torch.isfinite(loss(ToPoincare(c=0.05)(x), labels))
+    assert loss.distance.ball is loss.to_poincare.ball is loss.ball

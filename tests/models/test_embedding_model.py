@@ -85,7 +85,7 @@ def test_custom_head_module_is_checked():
     assert EmbeddingModel("tf_efficientnet_lite0", 8, head=head).head is head
     with pytest.raises(ValueError, match=r"expected \(2, 16\)"):
         EmbeddingModel("tf_efficientnet_lite0", 16, head=head)
-    with pytest.raises(ValueError, match="head must be one of"):
+    with pytest.raises(ValueError, match="unknown head 'proxy'; choose from"):
         EmbeddingModel("tf_efficientnet_lite0", 8, head="proxy")
 
 
@@ -124,7 +124,7 @@ def test_named_head_is_built_with_its_geometry(
 
 
 def test_head_names_and_kwargs_are_checked():
-    with pytest.raises(ValueError, match="head must be one of hist, hier, hyp, got 'proxy'"):
+    with pytest.raises(ValueError, match="unknown head 'proxy'; choose from hist, hier, hyp"):
         EmbeddingModel("tf_efficientnet_lite0", 8, head="proxy")
     with pytest.raises(ValueError, match="do not apply to the 'hist' head"):
         EmbeddingModel("tf_efficientnet_lite0", 8, head="hist", head_kwargs={"c": 0.1})
@@ -260,7 +260,7 @@ def test_pretrained_from_hub_cache(tmp_path, monkeypatch):
 
 
 def test_unknown_backbone_lists_the_supported_ones():
-    with pytest.raises(ValueError, match="supported: resnet50"):
+    with pytest.raises(ValueError, match="unknown backbone 'resnet18'; choose from resnet50"):
         EmbeddingModel("resnet18", 8)
     with pytest.raises(ValueError, match="embedding_size"):
         EmbeddingModel("resnet50", 0)

@@ -74,7 +74,7 @@ def test_named_heads_and_their_defaults():
 
 
 def test_unknown_head_or_arguments_raise():
-    with pytest.raises(ValueError, match="head must be one of hist, hier, hyp, got 'proxy'"):
+    with pytest.raises(ValueError, match="unknown head 'proxy'; choose from hist, hier, hyp"):
         build_head("proxy", 8, 4)
     with pytest.raises(ValueError, match=r"\['c'\] do not apply to the 'hist' head"):
         build_head("hist", 8, 4, {"c": 0.1})

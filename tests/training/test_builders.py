@@ -1,12 +1,26 @@
-"""The model, its geometry and the tester the builders make from a config."""
+"""The model, its geometry, the tester and the other parts the builders make from a config."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
+from pml_hyper.data import SyntheticImages
 from pml_hyper.knn import CosineKNN, HyperbolicKNN
 from pml_hyper.models import COSINE, Geometry, HISTHead, PoincareHead, TinyCNN
 from pml_hyper.training import build_config
-from pml_hyper.training.builders import build_model, build_tester, config_geometry
+from pml_hyper.training.builders import (
+    DATASETS,
+    build_datasets,
+    build_loss_terms,
+    build_model,
+    build_sampler,
+    build_tester,
+    config_geometry,
+)
+from pml_hyper.training.optim import lr_lambdas, make_optimizer
+from pml_hyper.training.trainer import MetricLossTrainer
 from pml_hyper.utils import make_inference_model, make_tester, retrieval_settings
 
 
@@ -39,7 +53,7 @@ def test_build_model_builds_the_named_head(head, head_kwargs, geometry):
 
 
 def test_unknown_head_names_the_choices():
-    with pytest.raises(ValueError, match="head must be one of hist, hier, hyp, got 'proxy'"):
+    with pytest.raises(ValueError, match="unknown head 'proxy'; choose from hist, hier, hyp"):
         build_model(tiny_config("proxy"))
     with pytest.raises(ValueError, match="do not apply to the 'hist' head"):
         build_model(tiny_config("hist", {"c": 0.1}))
@@ -115,3 +129,77 @@ def test_retrieval_settings(c):
     assert normalize is False
     knn, normalize = retrieval_settings(COSINE)
     assert isinstance(knn, CosineKNN) and normalize is True
+
+
+@pytest.mark.parametrize(
+    ("override", "build", "message"),
+    [
+        ("optimizer.name=lamb", lambda c: make_optimizer(c, []), "optimizer.name 'lamb'"),
+        ("schedule.lr_decay=linear", lambda c: lr_lambdas(c, 1, []), "schedule.lr_decay 'linear'"),
+        ("schedule.warmup_freeze=x", lambda c: lr_lambdas(c, 1, []), "schedule.warmup_freeze 'x'"),
+        (
+            "data.sampler=m_per_class",
+            lambda c: build_sampler(c, None),
+            "data.sampler 'm_per_class'",
+        ),
+        (
+            "loss.terms.0.type=NoLoss",
+            lambda c: build_loss_terms(c, 2),
+            "loss.terms.0.type 'NoLoss'",
+        ),
+        (
+            "loss.terms.0.kwargs.distance.type=NoDistance",
+            lambda c: build_loss_terms(c, 2),
+            "distance 'NoDistance'",
+        ),
+    ],
+)
+def test_unknown_config_names_list_the_choices(override, build, message):
+    config = build_config({}, [override])
+    with pytest.raises(ValueError, match=f"^unknown {message}; choose from "):
+        build(config)
+
+
+def test_unknown_amp_lists_the_choices():
+    with pytest.raises(ValueError, match="^unknown amp 'fp8'; choose from bf16, fp16$"):
+        MetricLossTrainer(amp="fp8")
+
+
+def test_synthetic_dataset_needs_no_root_or_transform():
+    config = build_config({"data": {"dataset": "synthetic", "synthetic": {"num_classes": 3}}})
+    train, evals, splits = build_datasets(config, data_root="/nowhere")
+    assert type(train) is SyntheticImages and set(np.unique(train.labels)) == {0, 1, 2}
+    assert list(evals) == ["test"] and type(evals["test"]) is SyntheticImages
+    assert splits == [("test", ["test"])]
+
+
+class FakeSplit:
+    def __init__(self, root, split, transform):
+        self.root, self.split, self.transform = root, split, transform
+        self.labels = np.array([0, 0, 1, 1, 2, 2])
+
+
+def test_a_dataset_entry_gives_its_splits_root_and_transforms(monkeypatch, tmp_path):
+    monkeypatch.setitem(DATASETS, "inshop", dataclasses.replace(DATASETS["inshop"], make=FakeSplit))
+    config = build_config(
+        {"data": {"dataset": "inshop", "max_classes": 2}, "model": {"backbone": "tiny_cnn"}}
+    )
+    train, evals, splits = build_datasets(config, data_root=tmp_path)
+    assert splits == [("query", ["gallery"])] and list(evals) == ["query", "gallery"]
+    assert [d.dataset.split for d in (train, *evals.values())] == ["train", "query", "gallery"]
+    assert {d.dataset.root for d in (train, *evals.values())} == {tmp_path}
+    assert train.dataset.transform is not evals["query"].dataset.transform is not None
+    assert all(list(d.labels) == [0, 0, 1, 1] for d in (train, *evals.values()))
+    with pytest.raises(
+        ValueError, match="dataset 'inshop' needs a data root: pass --data-root DIR"
+    ):
+        build_datasets(config)
+    with pytest.raises(FileNotFoundError, match=f"data root {tmp_path / 'no'} does not exist"):
+        build_datasets(config, data_root=tmp_path / "no")
+
+
+def test_unknown_dataset_lists_the_choices():
+    config = build_config({"data": {"dataset": "mnist"}})
+    choices = "synthetic, emoji, cub200, cars196, sop, inshop"
+    with pytest.raises(ValueError, match=f"^unknown dataset 'mnist'; choose from {choices}$"):
+        build_datasets(config)
