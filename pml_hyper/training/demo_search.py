@@ -43,6 +43,7 @@ SEARCH_SPACE: dict[str, dict[str, list]] = {
     "HIST": {
         "loss.terms.0.kwargs.tau": [16.0, 32.0],
         "loss.terms.0.param_groups.lr_ds": [0.1, 1.0],
+        "loss.terms.0.param_groups.lr_hgnn_factor": [5.0, 50.0, 500.0],
     },
     "Hyp": {"loss.terms.0.kwargs.temperature": [0.1, 0.2]},
     "Hyp+HIER": {"loss.terms.1.weight": [0.5, 1.0]},
