@@ -96,16 +96,17 @@ def train_head(
                 torch.nn.utils.clip_grad_norm_(params, max_norm)
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())  # read once at the end: no host sync per step
             if len(losses) == steps:
                 break
         epoch += 1
-    return losses
+    return torch.stack(losses).tolist()
 
 
 def warm_up_head(runner) -> list[float]:
     """``schedule.head_warmup_steps`` steps of :func:`train_head` on the runner's model head
-    and loss terms, on the cached features of its training set (before epoch 1)."""
+    and loss terms, on the cached features of one pass over its training set (before epoch 1;
+    with augmentation on, one random view per image)."""
     config = runner.config
     model = runner.model
     if not callable(getattr(model, "features", None)) or not hasattr(model, "head"):
